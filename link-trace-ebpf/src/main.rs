@@ -1,0 +1,277 @@
+//! Kernel side of link-trace: the syscalls:sys_enter/exit_link(at)
+//! tracepoints. Entry reads the arguments (both paths in full) into an
+//! in-flight entry keyed by thread; exit adds the result and sends the record,
+//! sized to the paths actually read, to the ring buffer.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    Global,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+use link_trace_common::{
+    AT_FDCWD, DEFAULT_RING_BYTES, FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID,
+    LINK_HEADER_SIZE, MAX_INFLIGHT, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED,
+    PENDING_CALL_SIZE, PathArg, PendingCall, RECORD_LINK, STAT_COUNT, Stat, SyscallId,
+    TASK_COMM_LEN,
+};
+
+/// The tracer's own tgid: its activity is never reported.
+#[unsafe(no_mangle)]
+static TRACER_TGID: Global<u32> = Global::new(0);
+/// FILTER_* bits: which of the filter sets below are in force.
+#[unsafe(no_mangle)]
+static FILTER_FLAGS: Global<u32> = Global::new(0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static INFLIGHT: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+/// Where an entry is assembled before it is copied into INFLIGHT: a
+/// PendingCall is far too large for the 512-byte BPF stack.
+#[map]
+static SCRATCH: PerCpuArray<PendingCall> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+#[map]
+static FILTER_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+#[map]
+static FILTER_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+#[map]
+static FILTER_COMMS: HashMap<[u8; TASK_COMM_LEN], u8> =
+    HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
+
+// Offsets in the syscalls:* tracepoint records (see each event's `format`
+// file in tracefs): common header, __syscall_nr, then one 8-byte slot per
+// argument; the exit record holds `long ret` at 16.
+const ARG0: usize = 16;
+const ARG_SLOT: usize = 8;
+const EXIT_RET: usize = 16;
+
+#[tracepoint]
+pub fn link_enter(ctx: TracePointContext) -> u32 {
+    if let Err(stat) = try_enter(&ctx, SyscallId::Link) {
+        count(stat);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn linkat_enter(ctx: TracePointContext) -> u32 {
+    if let Err(stat) = try_enter(&ctx, SyscallId::Linkat) {
+        count(stat);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn link_exit(ctx: TracePointContext) -> u32 {
+    if let Err(stat) = try_exit(&ctx) {
+        count(stat);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn linkat_exit(ctx: TracePointContext) -> u32 {
+    if let Err(stat) = try_exit(&ctx) {
+        count(stat);
+    }
+    0
+}
+
+#[inline(always)]
+fn count(stat: Stat) {
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot; tracepoint programs do not nest on a CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn arg<T>(ctx: &TracePointContext, index: usize) -> Result<T, Stat> {
+    // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
+    unsafe { ctx.read_at::<T>(ARG0 + index * ARG_SLOT) }.map_err(|_| Stat::ArgReadFailed)
+}
+
+/// Whether the calling task passes the user's filters (kernel side, so that
+/// filtered-out calls cost no path reads and no ring space).
+#[inline(always)]
+fn wanted(tgid: u32, uid: u32) -> bool {
+    if tgid == TRACER_TGID.load() {
+        return false;
+    }
+    let filters = FILTER_FLAGS.load();
+    if filters & FILTER_TGID != 0 && FILTER_TGIDS.get_ptr(tgid).is_none() {
+        return false;
+    }
+    if filters & FILTER_UID != 0 && FILTER_UIDS.get_ptr(uid).is_none() {
+        return false;
+    }
+    if filters & FILTER_COMM != 0 {
+        let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        if FILTER_COMMS.get_ptr(comm).is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let (tgid, uid) = ((pid_tgid >> 32) as u32, uid_gid as u32);
+    if !wanted(tgid, uid) {
+        return Ok(());
+    }
+    let call = SCRATCH.get_ptr_mut(0).ok_or(Stat::ScratchUnavailable)?;
+    // SAFETY: the per-CPU scratch slot is ours until this program returns.
+    let call = unsafe { &mut *call };
+
+    let (olddirfd, oldname, newdirfd, newname, flags) = match syscall {
+        SyscallId::Link => (
+            AT_FDCWD as i64,
+            arg::<u64>(ctx, 0)?,
+            AT_FDCWD as i64,
+            arg::<u64>(ctx, 1)?,
+            0,
+        ),
+        SyscallId::Linkat => (
+            arg::<i64>(ctx, 0)?,
+            arg::<u64>(ctx, 1)?,
+            arg::<i64>(ctx, 2)?,
+            arg::<u64>(ctx, 3)?,
+            arg::<i64>(ctx, 4)?,
+        ),
+    };
+
+    let header = &mut call.header;
+    header.record_type = RECORD_LINK;
+    // SAFETY: plain helper call without arguments.
+    header.enter_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    header.exit_boot_ns = 0;
+    header.ret = 0;
+    header.tgid = tgid;
+    header.tid = pid_tgid as u32;
+    header.uid = uid;
+    header.gid = (uid_gid >> 32) as u32;
+    header.syscall = syscall as u32;
+    // The kernel takes dirfds and flags as int: keep the low 32 bits as it does.
+    header.flags = flags as u32;
+    header.olddirfd = olddirfd as i32;
+    header.newdirfd = newdirfd as i32;
+    header.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+
+    header.old = read_path(call.paths.as_mut_ptr(), oldname);
+    let new_offset = call.header.old.len as usize;
+    if new_offset > PATH_KEEP_MAX {
+        return Err(Stat::ArgReadFailed);
+    }
+    // SAFETY: new_offset <= PATH_KEEP_MAX and PATHS_CAP >= PATH_KEEP_MAX +
+    // PATH_READ_MAX, so the read below stays inside `paths`.
+    call.header.new = read_path(unsafe { call.paths.as_mut_ptr().add(new_offset) }, newname);
+    call.header.record_len =
+        (LINK_HEADER_SIZE + call.header.old.len as usize + call.header.new.len as usize) as u32;
+
+    // Overwrites a stale entry of this thread whose exit was never seen.
+    INFLIGHT.insert(pid_tgid, &*call, 0).map_err(|_| {
+        warn!(
+            ctx,
+            "link-trace: in-flight map refused tid {}", pid_tgid as u32
+        );
+        Stat::InflightInsertFailed
+    })
+}
+
+/// Reads one user path into `dest`, which must have PATH_READ_MAX bytes of room.
+#[inline(always)]
+fn read_path(dest: *mut u8, user_ptr: u64) -> PathArg {
+    // SAFETY: the caller guarantees PATH_READ_MAX bytes at `dest`; the helper
+    // copes with any user pointer, NULL and unmapped ones included.
+    let ret =
+        unsafe { bpf_probe_read_user_str(dest.cast(), PATH_READ_MAX as u32, user_ptr as *const _) };
+    if ret < 0 {
+        return PathArg {
+            len: 0,
+            flags: PATH_READ_FAILED,
+            read_error: ret as i32,
+        };
+    }
+    // `ret` counts the NUL. A full read means the string had no NUL within
+    // PATH_MAX bytes: keep PATH_KEEP_MAX bytes and say it was cut.
+    let with_nul = ret as usize;
+    if with_nul >= PATH_READ_MAX {
+        PathArg {
+            len: PATH_KEEP_MAX as u16,
+            flags: PATH_TRUNCATED,
+            read_error: 0,
+        }
+    } else {
+        PathArg {
+            len: with_nul.saturating_sub(1) as u16,
+            flags: 0,
+            read_error: 0,
+        }
+    }
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), Stat> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid) else {
+        // Only a caller we would have traced counts as a miss.
+        let uid = bpf_get_current_uid_gid() as u32;
+        return if wanted((pid_tgid >> 32) as u32, uid) {
+            Err(Stat::ExitWithoutEnter)
+        } else {
+            Ok(())
+        };
+    };
+    // SAFETY: the entry stays valid until removed below; only this thread
+    // (its key) touches it.
+    let result = submit(ctx, unsafe { &mut *call });
+    let _ = INFLIGHT.remove(pid_tgid);
+    result
+}
+
+#[inline(always)]
+fn submit(ctx: &TracePointContext, call: &mut PendingCall) -> Result<(), Stat> {
+    // SAFETY: plain helper call without arguments.
+    call.header.exit_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
+    call.header.ret = unsafe { ctx.read_at::<i64>(EXIT_RET) }.map_err(|_| Stat::ArgReadFailed)?;
+    let len = call.header.record_len as usize;
+    if len < LINK_HEADER_SIZE {
+        return Err(Stat::ArgReadFailed);
+    }
+    // A plain upper-bound test on the very register passed as the size: the
+    // verifier must see `len <= value size`, and a range test gets rewritten
+    // into a subtraction it cannot follow.
+    if len > PENDING_CALL_SIZE {
+        return Err(Stat::ArgReadFailed);
+    }
+    // SAFETY: `len` lies within the map value, checked just above.
+    let record =
+        unsafe { core::slice::from_raw_parts((call as *const PendingCall).cast::<u8>(), len) };
+    EVENTS
+        .output::<[u8]>(record, 0)
+        .map_err(|_| Stat::RingFull)?;
+    count(Stat::Submitted);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,68 @@
+//! Turns the kernel's CLOCK_BOOTTIME stamps into wall-clock time.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use nix::time::{ClockId, clock_gettime};
+
+/// Offset between CLOCK_REALTIME and CLOCK_BOOTTIME, sampled when built;
+/// re-sample it now and then to follow wall-clock adjustments.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    realtime_minus_boot_ns: i128,
+}
+
+fn nanos(clock: ClockId) -> i128 {
+    clock_gettime(clock)
+        .map(|ts| ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128)
+        .unwrap_or(0)
+}
+
+impl WallClock {
+    pub fn sample() -> Self {
+        let boot_before = nanos(ClockId::CLOCK_BOOTTIME);
+        let real = nanos(ClockId::CLOCK_REALTIME);
+        let boot_after = nanos(ClockId::CLOCK_BOOTTIME);
+        Self {
+            realtime_minus_boot_ns: real - (boot_before + boot_after) / 2,
+        }
+    }
+
+    /// A fixed offset, for tests.
+    #[cfg(test)]
+    pub fn with_offset(realtime_minus_boot_ns: i128) -> Self {
+        Self {
+            realtime_minus_boot_ns,
+        }
+    }
+
+    /// RFC 3339 UTC with nanoseconds, e.g. 2026-11-21T21:50:16.123456789Z.
+    pub fn rfc3339(&self, boot_ns: u64) -> String {
+        let wall = boot_ns as i128 + self.realtime_minus_boot_ns;
+        let secs = wall.div_euclid(1_000_000_000) as i64;
+        let nsec = wall.rem_euclid(1_000_000_000) as u32;
+        DateTime::<Utc>::from_timestamp(secs, nsec)
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Nanos, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_with_nanoseconds() {
+        let clock = WallClock::with_offset(1_700_000_000_000_000_000);
+        assert_eq!(clock.rfc3339(5), "2023-11-14T22:13:20.000000005Z");
+    }
+
+    #[test]
+    fn sampled_clock_is_near_now() {
+        let clock = WallClock::sample();
+        let boot = nanos(ClockId::CLOCK_BOOTTIME) as u64;
+        let stamp = DateTime::parse_from_rfc3339(&clock.rfc3339(boot)).unwrap();
+        let skew = (Utc::now() - stamp.with_timezone(&Utc))
+            .num_milliseconds()
+            .abs();
+        assert!(skew < 1000, "wall clock off by {skew} ms");
+    }
+}

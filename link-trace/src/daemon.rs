@@ -1,0 +1,105 @@
+//! Runs the pipeline: load and attach, capture until a signal, then drain.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    capture::{self, Decoder},
+    cli::Cli,
+    clock::WallClock,
+    event::Record,
+    loader,
+    output::{self, Format},
+    stats::{self, LossTracker},
+};
+
+/// Records queued between capture and output.
+const OUTPUT_QUEUE: usize = 8192;
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Returns whether every captured event was delivered.
+pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+
+    let mut tracer = loader::load(&cli)?;
+    let format = if cli.json { Format::Json } else { Format::Text };
+    let (tx, rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
+    let writer = output::spawn(format, rx);
+
+    let mut decoder = Decoder::new(WallClock::sample());
+    let mut losses = LossTracker::default();
+    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until
+    // it is dropped, which only happens after `into_inner` below.
+    let mut ring = unsafe { AsyncFd::register_with_interest(tracer.ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("poll the ring buffer: {e}"))?;
+    eprintln!(
+        "link-trace: tracing link and linkat (syscalls:sys_enter/exit_link, _linkat); Ctrl-C to stop"
+    );
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("poll the ring buffer")?;
+                capture::drain(guard.get_inner_mut(), &mut decoder, &tx).await;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                decoder.clock = WallClock::sample();
+                report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tx.closed() => break,
+        }
+    }
+
+    // Detach first so nothing new arrives, then take everything already captured.
+    drop(tracer.programs.take());
+    capture::drain(ring.get_mut(), &mut decoder, &tx).await;
+    report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
+    drop(ring.into_inner());
+    drop(tx);
+
+    let summary = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the output thread panicked"))?;
+    let undelivered = summary.events_undelivered + decoder.undelivered;
+    eprintln!(
+        "link-trace: {} events captured, {} written, {} lost in the kernel or decoder, {} undelivered",
+        decoder.events_decoded(),
+        summary.events_written,
+        losses.total_lost(),
+        undelivered,
+    );
+    if let Some(e) = summary.error {
+        eprintln!("link-trace: error: output failed: {e}; {undelivered} events were not delivered");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+async fn report_losses(
+    stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    losses: &mut LossTracker,
+    decoder: &Decoder,
+    tx: &mpsc::Sender<Record>,
+) {
+    match stats::read_kernel(stats) {
+        Ok(kernel) => {
+            for record in losses.records(&kernel, decoder.decode_errors, &decoder.clock) {
+                if tx.send(Record::Loss(record)).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Err(e) => eprintln!("link-trace: warning: cannot read kernel counters: {e}"),
+    }
+}

@@ -1,0 +1,171 @@
+//! Loads the eBPF object, configures its filters and attaches the tracepoints.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use link_trace_common::{FILTER_COMM, FILTER_TGID, FILTER_UID, TASK_COMM_LEN};
+
+use crate::cli::Cli;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "link-trace must run as root (it loads eBPF programs and attaches tracepoints); try: sudo link-trace"
+    )]
+    NotRoot,
+    #[error("tracefs is not available and could not be mounted at /sys/kernel/tracing: {0}")]
+    NoTracefs(String),
+    #[error("tracepoint syscalls:{0} does not exist on this kernel (CONFIG_FTRACE_SYSCALLS off?)")]
+    MissingTracepoint(&'static str),
+    #[error("the kernel refused link-trace's eBPF object: {0}")]
+    Load(String),
+    #[error("could not {action}: {detail}")]
+    Setup { action: String, detail: String },
+}
+
+fn setup_err(action: impl Into<String>) -> impl FnOnce(String) -> LoadError {
+    let action = action.into();
+    move |detail| LoadError::Setup { action, detail }
+}
+
+/// (program in the object, tracepoint name in the `syscalls` category)
+const ATTACHMENTS: [(&str, &str); 4] = [
+    ("link_enter", "sys_enter_link"),
+    ("linkat_enter", "sys_enter_linkat"),
+    ("link_exit", "sys_exit_link"),
+    ("linkat_exit", "sys_exit_linkat"),
+];
+
+/// The loaded programs. Dropping `programs` detaches every tracepoint; the
+/// maps taken out of it stay usable, so the ring can be drained afterwards.
+pub struct Tracer {
+    pub programs: Option<Ebpf>,
+    pub ring: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+/// Where syscall tracepoints live; aya looks in both places.
+fn tracefs_ready() -> bool {
+    [
+        "/sys/kernel/tracing/events/syscalls",
+        "/sys/kernel/debug/tracing/events/syscalls",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).is_dir())
+        || Path::new("/sys/kernel/tracing/events").is_dir()
+}
+
+fn ensure_tracefs() -> Result<(), LoadError> {
+    if tracefs_ready() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tracefs"),
+        "/sys/kernel/tracing",
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| LoadError::NoTracefs(e.to_string()))?;
+    if tracefs_ready() {
+        Ok(())
+    } else {
+        Err(LoadError::NoTracefs("no events directory".into()))
+    }
+}
+
+fn tracepoint_exists(name: &str) -> bool {
+    [
+        "/sys/kernel/tracing/events/syscalls",
+        "/sys/kernel/debug/tracing/events/syscalls",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).join(name).is_dir())
+}
+
+pub fn load(cli: &Cli) -> Result<Tracer, LoadError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LoadError::NotRoot);
+    }
+    ensure_tracefs()?;
+    for (_, tracepoint) in ATTACHMENTS {
+        if !tracepoint_exists(tracepoint) {
+            return Err(LoadError::MissingTracepoint(tracepoint));
+        }
+    }
+
+    let tracer_tgid = std::process::id();
+    let mut filter_flags = 0u32;
+    for (flag, active) in [
+        (FILTER_TGID, !cli.pids.is_empty()),
+        (FILTER_UID, !cli.uids.is_empty()),
+        (FILTER_COMM, !cli.comms.is_empty()),
+    ] {
+        if active {
+            filter_flags |= flag;
+        }
+    }
+    let mut ebpf = EbpfLoader::new()
+        .override_global("TRACER_TGID", &tracer_tgid, true)
+        .override_global("FILTER_FLAGS", &filter_flags, true)
+        .map_max_entries("EVENTS", cli.ring_bytes)
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/link-trace"
+        )))
+        .map_err(|e| LoadError::Load(crate::error_chain(&e)))?;
+
+    crate::klog::start(&mut ebpf);
+    fill_set(&mut ebpf, "FILTER_TGIDS", &cli.pids)?;
+    fill_set(&mut ebpf, "FILTER_UIDS", &cli.uids)?;
+    fill_set::<[u8; TASK_COMM_LEN]>(&mut ebpf, "FILTER_COMMS", &cli.comms)?;
+
+    let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
+    let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
+
+    for (program, tracepoint) in ATTACHMENTS {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| LoadError::Load(format!("program {program} missing from the object")))?
+            .try_into()
+            .map_err(|e| LoadError::Load(crate::error_chain(&e)))?;
+        prog.load()
+            .map_err(|e| LoadError::Load(format!("{program}: {}", crate::error_chain(&e))))?;
+        prog.attach("syscalls", tracepoint).map_err(|e| {
+            setup_err(format!("attach syscalls:{tracepoint}"))(crate::error_chain(&e))
+        })?;
+    }
+    Ok(Tracer {
+        programs: Some(ebpf),
+        ring,
+        stats,
+    })
+}
+
+fn take_map<T, E: std::error::Error + 'static>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
+) -> Result<T, LoadError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| LoadError::Load(format!("map {name} missing from the object")))?;
+    convert(map).map_err(|e| setup_err(format!("open map {name}"))(crate::error_chain(&e)))
+}
+
+fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, name: &str, keys: &[K]) -> Result<(), LoadError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or_else(|| LoadError::Load(format!("map {name} missing from the object")))?;
+    let mut set: HashMap<_, K, u8> = HashMap::try_from(map)
+        .map_err(|e| setup_err(format!("open map {name}"))(crate::error_chain(&e)))?;
+    for key in keys {
+        set.insert(key, 1, 0)
+            .map_err(|e| setup_err(format!("fill filter map {name}"))(crate::error_chain(&e)))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Names for linkat flags, errno values and dirfds.
+
+use std::borrow::Cow;
+
+pub const AT_SYMLINK_FOLLOW: u32 = libc::AT_SYMLINK_FOLLOW as u32;
+pub const AT_EMPTY_PATH: u32 = libc::AT_EMPTY_PATH as u32;
+
+/// Decoded flag names; bits link-trace has no name for are kept as one
+/// hex entry (`"0x8"`), so nothing the caller passed disappears.
+pub fn flag_names(flags: u32) -> Vec<Cow<'static, str>> {
+    let mut names = Vec::new();
+    let mut rest = flags;
+    for (bit, name) in [
+        (AT_SYMLINK_FOLLOW, "AT_SYMLINK_FOLLOW"),
+        (AT_EMPTY_PATH, "AT_EMPTY_PATH"),
+    ] {
+        if rest & bit != 0 {
+            names.push(Cow::Borrowed(name));
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        names.push(Cow::Owned(format!("{rest:#x}")));
+    }
+    names
+}
+
+/// The symbolic name of a positive errno value, such as "EEXIST".
+pub fn errno_name(code: i32) -> Cow<'static, str> {
+    let errno = nix::errno::Errno::from_raw(code);
+    if errno == nix::errno::Errno::UnknownErrno {
+        return Cow::Owned(format!("E{code}"));
+    }
+    // nix's Debug output is the variant name, which is the C macro name.
+    Cow::Owned(format!("{errno:?}"))
+}
+
+/// "AT_FDCWD" for -100, else the number.
+pub fn dirfd_label(fd: i32) -> Cow<'static, str> {
+    if fd == libc::AT_FDCWD {
+        Cow::Borrowed("AT_FDCWD")
+    } else {
+        Cow::Owned(fd.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_known_flags_and_keeps_unknown_bits() {
+        assert!(flag_names(0).is_empty());
+        assert_eq!(flag_names(0x400), ["AT_SYMLINK_FOLLOW"]);
+        assert_eq!(flag_names(0x1400), ["AT_SYMLINK_FOLLOW", "AT_EMPTY_PATH"]);
+        assert_eq!(flag_names(0x1008), ["AT_EMPTY_PATH", "0x8"]);
+        assert_eq!(flag_names(0x8000_0000), ["0x80000000"]);
+    }
+
+    #[test]
+    fn names_link_errnos() {
+        for (code, name) in [
+            (libc::EEXIST, "EEXIST"),
+            (libc::EPERM, "EPERM"),
+            (libc::EXDEV, "EXDEV"),
+            (libc::ENOENT, "ENOENT"),
+            (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+            (libc::EFAULT, "EFAULT"),
+            (libc::EMLINK, "EMLINK"),
+            (libc::EACCES, "EACCES"),
+            (libc::EBADF, "EBADF"),
+            (libc::ELOOP, "ELOOP"),
+            (libc::ENOTDIR, "ENOTDIR"),
+            (libc::EINVAL, "EINVAL"),
+        ] {
+            assert_eq!(errno_name(code), name);
+        }
+        assert_eq!(errno_name(4000), "E4000");
+    }
+
+    #[test]
+    fn labels_dirfds() {
+        assert_eq!(dirfd_label(-100), "AT_FDCWD");
+        assert_eq!(dirfd_label(3), "3");
+    }
+}

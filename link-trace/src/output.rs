@@ -1,0 +1,225 @@
+//! Writes records to stdout on a thread of its own, so a slow terminal or
+//! pipe never blocks the capture loop directly (the bounded channel in
+//! between applies back-pressure, and the kernel counts what it cannot hold).
+
+use std::io::{self, BufWriter, Write};
+
+use tokio::sync::mpsc;
+
+use crate::event::{LinkEvent, Record};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Default)]
+pub struct OutputSummary {
+    pub events_written: u64,
+    /// Events received but not written because the sink failed.
+    pub events_undelivered: u64,
+    pub error: Option<io::Error>,
+}
+
+pub fn spawn(format: Format, rx: mpsc::Receiver<Record>) -> std::thread::JoinHandle<OutputSummary> {
+    std::thread::Builder::new()
+        .name("link-trace-output".into())
+        .spawn(move || write_all(format, rx, io::stdout().lock()))
+        .unwrap_or_else(|e| {
+            // Without a thread there is no output; report it through the summary.
+            std::thread::spawn(move || OutputSummary {
+                error: Some(e),
+                ..Default::default()
+            })
+        })
+}
+
+fn write_all(format: Format, mut rx: mpsc::Receiver<Record>, sink: impl Write) -> OutputSummary {
+    let mut out = BufWriter::with_capacity(64 * 1024, sink);
+    let mut summary = OutputSummary::default();
+    let mut line = Vec::with_capacity(1024);
+    while let Some(record) = next(&mut rx, &mut out, &mut summary) {
+        line.clear();
+        render(format, &record, &mut line);
+        if let Err(e) = out.write_all(&line) {
+            summary.error = Some(e);
+            summary.events_undelivered += u64::from(matches!(record, Record::Event(_)));
+            break;
+        }
+        summary.events_written += u64::from(matches!(record, Record::Event(_)));
+    }
+    if summary.error.is_some() {
+        // Stop taking records and count what is still queued as undelivered.
+        rx.close();
+        while let Ok(record) = rx.try_recv() {
+            summary.events_undelivered += u64::from(matches!(record, Record::Event(_)));
+        }
+    } else if let Err(e) = out.flush() {
+        summary.error = Some(e);
+    }
+    summary
+}
+
+/// The next record; flushes whenever the queue runs dry, so output is
+/// batched under load and prompt when idle.
+fn next(
+    rx: &mut mpsc::Receiver<Record>,
+    out: &mut impl Write,
+    summary: &mut OutputSummary,
+) -> Option<Record> {
+    match rx.try_recv() {
+        Ok(record) => Some(record),
+        Err(_) => {
+            if let Err(e) = out.flush() {
+                summary.error = Some(e);
+                return None;
+            }
+            rx.blocking_recv()
+        }
+    }
+}
+
+pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
+    match format {
+        Format::Json => {
+            // Serializing plain structs into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *line, record);
+        }
+        Format::Text => match record {
+            Record::Event(event) => text_event(event, line),
+            Record::Loss(loss) => {
+                let _ = write!(
+                    line,
+                    "{} LOST {} event(s): {:?} (total {})",
+                    loss.time, loss.count, loss.reason, loss.total
+                );
+            }
+        },
+    }
+    line.push(b'\n');
+}
+
+fn text_event(e: &LinkEvent, line: &mut Vec<u8>) {
+    let _ = write!(
+        line,
+        "{} #{} {} pid={} tid={} uid={} gid={} comm=",
+        e.time, e.seq, e.syscall, e.pid, e.tid, e.uid, e.gid
+    );
+    escaped(e.comm.as_bytes(), line);
+    let _ = write!(line, " old={}:", crate::names::dirfd_label(e.olddirfd));
+    path_text(
+        &e.oldpath.bytes,
+        e.oldpath.truncated,
+        e.oldpath.error.as_deref(),
+        line,
+    );
+    let _ = write!(line, " new={}:", crate::names::dirfd_label(e.newdirfd));
+    path_text(
+        &e.newpath.bytes,
+        e.newpath.truncated,
+        e.newpath.error.as_deref(),
+        line,
+    );
+    if e.flags != 0 {
+        let _ = write!(line, " flags={}", e.flag_names.join("|"));
+    }
+    match &e.errno {
+        None => line.extend_from_slice(b" = 0"),
+        Some(errno) => {
+            let _ = write!(line, " = {} {errno}", e.ret);
+        }
+    }
+}
+
+fn path_text(bytes: &Option<Vec<u8>>, truncated: bool, error: Option<&str>, line: &mut Vec<u8>) {
+    match bytes {
+        Some(bytes) => escaped(bytes, line),
+        None => {
+            let _ = write!(line, "<unreadable: {}>", error.unwrap_or("?"));
+        }
+    }
+    if truncated {
+        line.extend_from_slice(b"<truncated>");
+    }
+}
+
+/// Quoted, with control characters and invalid UTF-8 escaped (`\n`, `\xff`),
+/// so one event stays one line and the bytes can be told apart.
+fn escaped(bytes: &[u8], line: &mut Vec<u8>) {
+    line.push(b'"');
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '"' || c == '\\' {
+                let _ = write!(line, "{}", c.escape_default());
+            } else {
+                let _ = write!(line, "{c}");
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(line, "\\x{b:02x}");
+        }
+    }
+    line.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_escapes_hostile_bytes_on_one_line() {
+        let mut line = Vec::new();
+        escaped(b"a\nb\xff\"\\\x1b\xc3\xa9", &mut line);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "\"a\\nb\\xff\\\"\\\\\\u{1b}\u{e9}\""
+        );
+    }
+
+    struct DeadSink;
+    impl Write for DeadSink {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    fn event() -> Record {
+        Record::Event(Box::new(crate::event::sample_event(
+            Some(b"/a"),
+            Some(b"/b\xff"),
+            -17,
+        )))
+    }
+
+    #[test]
+    fn dead_sink_counts_every_undelivered_event() {
+        let (tx, rx) = mpsc::channel(8);
+        for _ in 0..3 {
+            tx.try_send(event()).unwrap();
+        }
+        drop(tx);
+        let summary = write_all(Format::Json, rx, DeadSink);
+        assert_eq!(
+            summary.error.map(|e| e.kind()),
+            Some(io::ErrorKind::BrokenPipe)
+        );
+        assert_eq!((summary.events_written, summary.events_undelivered), (0, 3));
+    }
+
+    #[test]
+    fn text_line_reads_well() {
+        let mut line = Vec::new();
+        render(Format::Text, &event(), &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.ends_with(
+                "linkat pid=7 tid=8 uid=1000 gid=100 comm=\"ln\" old=AT_FDCWD:\"/a\" new=5:\"/b\\xff\" flags=AT_SYMLINK_FOLLOW|AT_EMPTY_PATH = -17 EEXIST\n"
+            ),
+            "{line}"
+        );
+    }
+}

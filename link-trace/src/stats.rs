@@ -1,0 +1,120 @@
+//! Kernel-side counters and the `loss` records derived from them.
+
+use aya::maps::{MapData, PerCpuArray};
+use link_trace_common::{STAT_COUNT, Stat};
+
+use crate::{
+    clock::WallClock,
+    event::{LossReason, LossRecord, SCHEMA_VERSION},
+};
+
+/// Kernel counters that mean an event was lost, with their reported reason.
+const KERNEL_LOSSES: [(Stat, LossReason); 5] = [
+    (Stat::RingFull, LossReason::RingFull),
+    (Stat::InflightInsertFailed, LossReason::InflightInsertFailed),
+    (Stat::ExitWithoutEnter, LossReason::ExitWithoutEnter),
+    (Stat::ScratchUnavailable, LossReason::ScratchUnavailable),
+    (Stat::ArgReadFailed, LossReason::ArgReadFailed),
+];
+
+pub type KernelCounters = [u64; STAT_COUNT as usize];
+
+/// Sums each counter over all CPUs.
+pub fn read_kernel(
+    stats: &PerCpuArray<MapData, u64>,
+) -> Result<KernelCounters, aya::maps::MapError> {
+    let mut totals = [0u64; STAT_COUNT as usize];
+    for (index, total) in totals.iter_mut().enumerate() {
+        *total = stats.get(&(index as u32), 0)?.iter().sum();
+    }
+    Ok(totals)
+}
+
+/// Remembers what was already reported, so each loss record carries the
+/// losses since the previous one and the running total.
+#[derive(Debug, Default)]
+pub struct LossTracker {
+    reported_kernel: KernelCounters,
+    reported_decode_errors: u64,
+}
+
+impl LossTracker {
+    pub fn records(
+        &mut self,
+        kernel: &KernelCounters,
+        decode_errors: u64,
+        clock: &WallClock,
+    ) -> Vec<LossRecord> {
+        let now = clock.rfc3339(boot_now_ns());
+        let mut records = Vec::new();
+        let mut report = |reason, total: u64, reported: &mut u64| {
+            if total > *reported {
+                records.push(LossRecord {
+                    schema_version: SCHEMA_VERSION,
+                    time: now.clone(),
+                    reason,
+                    count: total - *reported,
+                    total,
+                });
+                *reported = total;
+            }
+        };
+        for (stat, reason) in KERNEL_LOSSES {
+            let index = stat as usize;
+            report(reason, kernel[index], &mut self.reported_kernel[index]);
+        }
+        report(
+            LossReason::DecodeError,
+            decode_errors,
+            &mut self.reported_decode_errors,
+        );
+        records
+    }
+
+    /// Every event lost so far, for the summary on exit.
+    pub fn total_lost(&self) -> u64 {
+        KERNEL_LOSSES
+            .iter()
+            .map(|(stat, _)| self.reported_kernel[*stat as usize])
+            .sum::<u64>()
+            + self.reported_decode_errors
+    }
+}
+
+pub fn boot_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_only_increases_with_running_totals() {
+        let clock = WallClock::with_offset(0);
+        let mut tracker = LossTracker::default();
+        let mut kernel = [0u64; STAT_COUNT as usize];
+        kernel[Stat::Submitted as usize] = 100;
+        assert!(tracker.records(&kernel, 0, &clock).is_empty());
+
+        kernel[Stat::RingFull as usize] = 5;
+        let records = tracker.records(&kernel, 2, &clock);
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            (records[0].reason, records[0].count, records[0].total),
+            (LossReason::RingFull, 5, 5)
+        );
+        assert_eq!(
+            (records[1].reason, records[1].count),
+            (LossReason::DecodeError, 2)
+        );
+
+        kernel[Stat::RingFull as usize] = 7;
+        let records = tracker.records(&kernel, 2, &clock);
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].count, records[0].total), (2, 7));
+        assert_eq!(tracker.total_lost(), 9);
+    }
+}
