@@ -181,7 +181,9 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
         (LINK_HEADER_SIZE + call.header.old.len as usize + call.header.new.len as usize) as u32;
 
     // Overwrites a stale entry of this thread whose exit was never seen.
-    INFLIGHT.insert(pid_tgid, &*call, 0).map_err(|_| {
+    // By reference: a PendingCall copied by value would not fit the BPF stack.
+    let ready: &PendingCall = call;
+    INFLIGHT.insert(pid_tgid, ready, 0).map_err(|_| {
         warn!(
             ctx,
             "link-trace: in-flight map refused tid {}", pid_tgid as u32

@@ -2,7 +2,7 @@
 //! pipe never blocks the capture loop directly (the bounded channel in
 //! between applies back-pressure, and the kernel counts what it cannot hold).
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 
 use tokio::sync::mpsc;
 
@@ -35,48 +35,76 @@ pub fn spawn(format: Format, rx: mpsc::Receiver<Record>) -> std::thread::JoinHan
         })
 }
 
-fn write_all(format: Format, mut rx: mpsc::Receiver<Record>, sink: impl Write) -> OutputSummary {
-    let mut out = BufWriter::with_capacity(64 * 1024, sink);
+/// Lines are gathered in a batch and written with one `write_all` when the
+/// batch is large or the queue runs dry, so an event counts as written only
+/// once the sink took its whole batch. When the sink fails, every event of
+/// the failed batch and every event still queued counts as undelivered (a
+/// batch the sink took in part is counted whole: delivery is not confirmed).
+fn write_all(
+    format: Format,
+    mut rx: mpsc::Receiver<Record>,
+    mut sink: impl Write,
+) -> OutputSummary {
     let mut summary = OutputSummary::default();
-    let mut line = Vec::with_capacity(1024);
-    while let Some(record) = next(&mut rx, &mut out, &mut summary) {
-        line.clear();
-        render(format, &record, &mut line);
-        if let Err(e) = out.write_all(&line) {
+    let mut batch = Batch::default();
+    loop {
+        let record = match rx.try_recv() {
+            Ok(record) => Some(record),
+            Err(_) => {
+                // Queue empty: deliver what we have before waiting.
+                if let Err(e) = batch.write_to(&mut sink, &mut summary) {
+                    summary.error = Some(e);
+                    break;
+                }
+                rx.blocking_recv()
+            }
+        };
+        let Some(record) = record else { break };
+        batch.push(format, &record);
+        if batch.bytes.len() >= BATCH_BYTES
+            && let Err(e) = batch.write_to(&mut sink, &mut summary)
+        {
             summary.error = Some(e);
-            summary.events_undelivered += u64::from(matches!(record, Record::Event(_)));
             break;
         }
-        summary.events_written += u64::from(matches!(record, Record::Event(_)));
     }
     if summary.error.is_some() {
-        // Stop taking records and count what is still queued as undelivered.
+        summary.events_undelivered += batch.events;
+        // Stop taking records and count what is still queued.
         rx.close();
         while let Ok(record) = rx.try_recv() {
             summary.events_undelivered += u64::from(matches!(record, Record::Event(_)));
         }
-    } else if let Err(e) = out.flush() {
-        summary.error = Some(e);
     }
     summary
 }
 
-/// The next record; flushes whenever the queue runs dry, so output is
-/// batched under load and prompt when idle.
-fn next(
-    rx: &mut mpsc::Receiver<Record>,
-    out: &mut impl Write,
-    summary: &mut OutputSummary,
-) -> Option<Record> {
-    match rx.try_recv() {
-        Ok(record) => Some(record),
-        Err(_) => {
-            if let Err(e) = out.flush() {
-                summary.error = Some(e);
-                return None;
-            }
-            rx.blocking_recv()
+const BATCH_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    events: u64,
+}
+
+impl Batch {
+    fn push(&mut self, format: Format, record: &Record) {
+        render(format, record, &mut self.bytes);
+        self.events += u64::from(matches!(record, Record::Event(_)));
+    }
+
+    /// On success the batch's events count as written; on failure they stay
+    /// in the batch for the caller to count as undelivered.
+    fn write_to(&mut self, sink: &mut impl Write, summary: &mut OutputSummary) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            return Ok(());
         }
+        sink.write_all(&self.bytes)?;
+        sink.flush()?;
+        summary.events_written += self.events;
+        self.bytes.clear();
+        self.events = 0;
+        Ok(())
     }
 }
 
