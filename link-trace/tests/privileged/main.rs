@@ -596,14 +596,15 @@ fn concurrent_threads_lose_and_mix_up_nothing() {
     });
     let run = tracer.stop();
     run.assert_clean_exit();
-    assert!(
-        run.records.iter().all(|r| r["kind"] != "loss"),
-        "losses reported: {:#?}",
-        run.records
-            .iter()
-            .filter(|r| r["kind"] == "loss")
-            .collect::<Vec<_>>()
-    );
+    // Calls of concurrently running tests that began before the attach show
+    // up as exit_without_enter; any other loss is a failure. Our own calls
+    // are all checked below, one by one.
+    let losses: Vec<&Value> = run
+        .records
+        .iter()
+        .filter(|r| r["kind"] == "loss" && r["reason"] != "exit_without_enter")
+        .collect();
+    assert!(losses.is_empty(), "losses reported: {losses:#?}");
     let prefix = format!("{}/t", dir.path.display());
     let mine: Vec<&Value> = run
         .events()
