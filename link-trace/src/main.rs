@@ -1,19 +1,9 @@
-//! link-trace: an eBPF tracer for link(2) and linkat(2).
-
-mod capture;
-mod cli;
-mod clock;
-mod daemon;
-mod event;
-mod klog;
-mod loader;
-mod names;
-mod output;
-mod stats;
+//! The `link-trace` command.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use link_trace::{cli, daemon, error_chain};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -34,19 +24,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error and its causes on one line: "a: b: c".
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

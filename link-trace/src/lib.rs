@@ -1,0 +1,31 @@
+//! link-trace: an eBPF tracer for link(2) and linkat(2).
+//!
+//! The daemon is a pipeline of small modules: `loader` (load and attach),
+//! `capture` (ring buffer to records), `event` (the JSON model), `output`
+//! (the writer thread), `stats` (loss accounting), tied together by `daemon`.
+
+pub mod capture;
+pub mod cli;
+pub mod clock;
+pub mod daemon;
+pub mod event;
+pub mod klog;
+pub mod loader;
+pub mod names;
+pub mod output;
+pub mod stats;
+
+/// An error and its causes on one line: "a: b: c".
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
