@@ -128,6 +128,14 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 /// Calls that can be in flight at once before the LRU map evicts.
 pub const MAX_INFLIGHT: u32 = 16384;
 
+/// The kernel wakes the daemon once this many bytes wait in the ring...
+pub const WAKEUP_BYTES: u64 = 64 * 1024;
+/// ...or when it has not woken it for this long (a lone event goes at once).
+pub const WAKEUP_AFTER_NS: u64 = 5_000_000;
+/// The daemon drains the ring at least this often, which bounds the delay of
+/// an event that neither condition above woke it for.
+pub const DRAIN_INTERVAL_MS: u64 = 25;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding holes.

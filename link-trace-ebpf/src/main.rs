@@ -7,12 +7,13 @@
 
 use aya_ebpf::{
     Global,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -20,7 +21,7 @@ use link_trace_common::{
     AT_FDCWD, DEFAULT_RING_BYTES, FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID,
     LINK_HEADER_SIZE, MAX_INFLIGHT, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED,
     PENDING_CALL_SIZE, PathArg, PendingCall, RECORD_LINK, STAT_COUNT, Stat, SyscallId,
-    TASK_COMM_LEN,
+    TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES,
 };
 
 /// The tracer's own tgid: its activity is never reported.
@@ -38,6 +39,8 @@ static INFLIGHT: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX
 /// PendingCall is far too large for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<PendingCall> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static LAST_WAKEUP_NS: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map]
@@ -262,10 +265,32 @@ fn submit(ctx: &TracePointContext, call: &mut PendingCall) -> Result<(), Stat> {
     let record =
         unsafe { core::slice::from_raw_parts((call as *const PendingCall).cast::<u8>(), len) };
     EVENTS
-        .output::<[u8]>(record, 0)
+        .output::<[u8]>(record, wakeup_flag(call.header.exit_boot_ns))
         .map_err(|_| Stat::RingFull)?;
     count(Stat::Submitted);
     Ok(())
+}
+
+/// Batches consumer wakeups instead of waking userspace per event: wake when
+/// WAKEUP_BYTES are pending, or when no wakeup was sent for WAKEUP_AFTER_NS
+/// (so a lone event is delivered at once). Anything else waits for the next
+/// batch or the daemon's periodic drain (link_trace_common::DRAIN_INTERVAL_MS).
+#[inline(always)]
+fn wakeup_flag(now_ns: u64) -> u64 {
+    let Some(last) = LAST_WAKEUP_NS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: an 8-byte map slot; a racing update from another CPU only
+    // moves the next wakeup a little, which is harmless.
+    let last = unsafe { &mut *last };
+    if now_ns.saturating_sub(*last) >= WAKEUP_AFTER_NS
+        || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES
+    {
+        *last = now_ns;
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[cfg(not(test))]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use link_trace_common::DRAIN_INTERVAL_MS;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -36,6 +37,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut decoder = Decoder::new(WallClock::sample());
     let mut losses = LossTracker::default();
     let mut tick = tokio::time::interval(STATS_INTERVAL);
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until
     // it is dropped, which only happens after `into_inner` below.
     let mut ring = unsafe { AsyncFd::register_with_interest(tracer.ring, Interest::READABLE) }
@@ -50,6 +53,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 let mut guard = guard.context("poll the ring buffer")?;
                 capture::drain(guard.get_inner_mut(), &mut decoder, &tx).await;
                 guard.clear_ready();
+            }
+            // Events the kernel queued without a wakeup (see wakeup_flag in
+            // the eBPF crate) are picked up here.
+            _ = drain_tick.tick() => {
+                capture::drain(ring.get_mut(), &mut decoder, &tx).await;
             }
             _ = tick.tick() => {
                 decoder.clock = WallClock::sample();
