@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
 //!
 //! Every step is idempotent, so the README's two commands work on a fresh
 //! machine and cost little on a prepared one.
@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 /// bpf-linker release known to build against the nightly toolchain's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -39,6 +41,12 @@ enum Task {
     /// Set up, then run formatting and lint checks and every test, the
     /// privileged ones included (they must not skip when run as root or in CI).
     Test,
+    /// Set up, build, then measure what tracing costs (see README, Benchmarks).
+    Bench {
+        /// Alternating rounds per configuration (the medians need at least 5).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +56,9 @@ fn main() -> ExitCode {
         Task::Build => setup().and_then(|()| build()),
         Task::Run { args } => setup().and_then(|()| build()).and_then(|()| run(&args)),
         Task::Test => setup().and_then(|()| test()),
+        Task::Bench { rounds } => setup()
+            .and_then(|()| build())
+            .and_then(|()| bench::bench(rounds)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,847 @@
+//! `cargo xtask bench`: what link-trace costs the traced host.
+//!
+//! Run after setup and the release build. The machine is small and shared,
+//! so every comparison is made side by side in one run: configurations
+//! alternate round after round and the table reports medians and ratios.
+//!
+//! 1. linkat+unlink pairs (`bench-load pairs`) with no tracer, link-trace and
+//!    bpftrace, alternating; link-trace's own losses are checked each round.
+//! 2. getppid calls (`bench-load getppid`), a syscall nobody traces, in the
+//!    same rounds.
+//! 3. A 10 s flood from two generators with link-trace attached: every call
+//!    made must be an event captured or a loss counted.
+//! 4. In-kernel cost per program run from `kernel.bpf_stats_enabled`.
+//! 5. link-trace's resident set at the end of the flood, and its start-up.
+//! 6. The userspace pipeline's throughput (criterion, `benches/pipeline.rs`).
+
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value;
+
+use crate::{command, output_of, run_step, workspace_root};
+
+/// link-trace prints this on stderr once its programs are attached.
+const READY_MARK: &str = "link-trace: tracing";
+/// ...and its exit summary contains this.
+const SUMMARY_MARK: &str = "events captured";
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(20);
+pub const MIN_ROUNDS: usize = 5;
+/// Each timed load runs for about this long (calibrated with no tracer).
+const LOAD_RUN: Duration = Duration::from_secs(1);
+const FLOOD_SECONDS: u64 = 10;
+const FLOOD_GENERATORS: usize = 2;
+/// The generators' comm: the flood traces only them, so that link calls of
+/// other processes on a shared machine stay out of the accounting.
+const LOAD_COMM: &str = "bench-load";
+const LINK_PROGRAMS: [&str; 4] = ["link_enter", "linkat_enter", "link_exit", "linkat_exit"];
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// The peer: what a one-line bpftrace watch of linkat would print.
+const BPFTRACE_SCRIPT: &str = r#"tracepoint:syscalls:sys_enter_linkat { printf("%d %s %s %s\n", pid, comm, str(args->oldname), str(args->newname)); }"#;
+const CRITERION_BENCH: &str = "pipeline/decode_event_render_json";
+
+// Targets from issue 5.
+const PAIR_OVERHEAD_MAX: f64 = 1.10;
+const GETPPID_OVERHEAD_MAX: f64 = 1.02;
+const RSS_MAX_KIB: u64 = 32 * 1024;
+const STARTUP_MAX: Duration = Duration::from_millis(200);
+const PIPELINE_MIN_EVENTS_PER_S: f64 = 1e6;
+
+pub fn bench(rounds: usize) -> anyhow::Result<()> {
+    if rounds < MIN_ROUNDS {
+        bail!("at least {MIN_ROUNDS} rounds are needed for a median, got {rounds}");
+    }
+    if output_of(Command::new("id").arg("-u")).is_none_or(|uid| uid.trim() != "0") {
+        bail!("the benchmarks load eBPF programs and change a sysctl: run them as root");
+    }
+    ensure_tools()?;
+    run_step(
+        "build bench-load (release)",
+        command("cargo").args(["build", "--release", "--package", "bench-load"]),
+    )?;
+    let machine = machine()?;
+    let pipeline = pipeline_throughput()?;
+    let load = Load::calibrate()?;
+    let rounds = alternate(&load, rounds)?;
+    let (kernel, flood) = {
+        let _stats = BpfStats::enable()?;
+        (kernel_cost(&load)?, flood(&load)?)
+    };
+    let report = Report {
+        machine,
+        load,
+        rounds,
+        kernel,
+        flood,
+        pipeline,
+    };
+    print!("{}", report.table());
+    Ok(())
+}
+
+fn ensure_tools() -> anyhow::Result<()> {
+    let present = || {
+        output_of(Command::new("bpftrace").arg("--version")).is_some()
+            && output_of(Command::new("bpftool").arg("version")).is_some()
+    };
+    if present() {
+        return Ok(());
+    }
+    let install = || {
+        run_step(
+            "install bpftrace and bpftool",
+            Command::new("apt-get")
+                .args(["install", "-y", "bpftrace", "bpftool"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    if install().is_err() {
+        run_step(
+            "update the package lists",
+            Command::new("apt-get").arg("update"),
+        )?;
+        install()?;
+    }
+    if !present() {
+        bail!("bpftrace and bpftool are still missing after apt-get install");
+    }
+    Ok(())
+}
+
+struct Machine {
+    date: String,
+    kernel: String,
+    cpu: String,
+    cores: usize,
+}
+
+fn machine() -> anyhow::Result<Machine> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("read /proc/cpuinfo")?;
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+        .map_or_else(
+            || "unknown CPU".to_owned(),
+            |(_, model)| model.trim().to_owned(),
+        );
+    let cores = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    let text = |cmd: &mut Command| output_of(cmd).map(|s| s.trim().to_owned());
+    Ok(Machine {
+        date: text(Command::new("date").args(["-u", "+%Y-%m-%d"])).context("run date")?,
+        kernel: text(Command::new("uname").arg("-r")).context("run uname")?,
+        cpu,
+        cores,
+    })
+}
+
+/// Events per second of the userspace pipeline, from criterion's estimate.
+fn pipeline_throughput() -> anyhow::Result<f64> {
+    run_step(
+        "criterion: userspace pipeline (decode → event → JSON)",
+        command("cargo").args(["bench", "--package", "link-trace", "--bench", "pipeline"]),
+    )?;
+    let dir = workspace_root()
+        .join("target/criterion")
+        .join(CRITERION_BENCH)
+        .join("new");
+    let json = |name: &str| -> anyhow::Result<Value> {
+        let path = dir.join(name);
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    };
+    let elements = json("benchmark.json")?["throughput"]["Elements"]
+        .as_f64()
+        .context("criterion's benchmark.json has no element throughput")?;
+    let estimates = json("estimates.json")?;
+    // The figure criterion prints: the slope estimate, else the mean.
+    let ns_per_iter = ["slope", "mean"]
+        .iter()
+        .find_map(|key| estimates[*key]["point_estimate"].as_f64())
+        .context("criterion's estimates.json has no point estimate")?;
+    Ok(elements / (ns_per_iter * 1e-9))
+}
+
+/// The load generator and the call counts that make one run last ~LOAD_RUN.
+struct Load {
+    binary: PathBuf,
+    pairs: u64,
+    getppids: u64,
+}
+
+/// One `bench-load` result line.
+#[derive(Debug, Clone, Copy)]
+struct LoadRun {
+    calls: u64,
+    failures: u64,
+    ns_per_op: f64,
+}
+
+impl Load {
+    fn calibrate() -> anyhow::Result<Self> {
+        let mut load = Load {
+            binary: workspace_root().join("target/release/bench-load"),
+            pairs: 20_000,
+            getppids: 1_000_000,
+        };
+        let pair = load.pairs()?;
+        let getppid = load.getppid()?;
+        let per_run = LOAD_RUN.as_nanos() as f64;
+        load.pairs = ((per_run / pair.ns_per_op) as u64).clamp(20_000, 5_000_000);
+        load.getppids = ((per_run / getppid.ns_per_op) as u64).clamp(1_000_000, 100_000_000);
+        eprintln!(
+            "xtask: calibrated: {} pairs ({:.0} ns/pair), {} getppid calls ({:.1} ns/call) per run",
+            load.pairs, pair.ns_per_op, load.getppids, getppid.ns_per_op
+        );
+        Ok(load)
+    }
+
+    fn pairs(&self) -> anyhow::Result<LoadRun> {
+        let run = self.run(&["pairs", &self.pairs.to_string()])?;
+        if run.failures > 0 {
+            bail!(
+                "{} of {} linkat+unlink pairs failed",
+                run.failures,
+                run.calls
+            );
+        }
+        Ok(run)
+    }
+
+    fn getppid(&self) -> anyhow::Result<LoadRun> {
+        self.run(&["getppid", &self.getppids.to_string()])
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<LoadRun> {
+        let child = self.spawn(args)?;
+        finish_load(child)
+    }
+
+    fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new(&self.binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", self.binary.display()))
+    }
+}
+
+fn finish_load(child: Child) -> anyhow::Result<LoadRun> {
+    let out = child.wait_with_output().context("wait for bench-load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("bench-load failed ({}): {text}", out.status);
+    }
+    let field = |key: &str| {
+        text.split_whitespace()
+            .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+            .ok_or_else(|| anyhow!("bench-load printed no {key}: {text:?}"))
+    };
+    Ok(LoadRun {
+        calls: field("calls")?.parse()?,
+        failures: field("failures")?.parse()?,
+        ns_per_op: field("ns_per_op")?.parse()?,
+    })
+}
+
+/// A tracer running as a child process, its stderr collected by a thread.
+/// Dropped while still running (an error on the way), it is killed.
+struct Tracer {
+    child: Option<Child>,
+    stderr: Option<JoinHandle<Vec<String>>>,
+    /// From spawn to attached.
+    startup: Duration,
+}
+
+/// link-trace's exit summary.
+#[derive(Debug, Clone, Copy, Default)]
+struct Summary {
+    captured: u64,
+    written: u64,
+    lost: u64,
+    undelivered: u64,
+}
+
+impl Tracer {
+    fn spawn(cmd: &mut Command, ready_mark: Option<&'static str>) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {:?}", cmd.get_program()))?;
+        let stderr = child.stderr.take().context("tracer stderr")?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if ready_mark.is_some_and(|mark| line.starts_with(mark)) {
+                    let _ = ready_tx.send(Instant::now());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let mut tracer = Tracer {
+            child: Some(child),
+            stderr: Some(reader),
+            startup: Duration::ZERO,
+        };
+        if ready_mark.is_some() {
+            match ready_rx.recv_timeout(ATTACH_TIMEOUT) {
+                Ok(at) => tracer.startup = at - started,
+                Err(_) => {
+                    let (status, lines) = tracer.stop(libc::SIGKILL)?;
+                    bail!("the tracer did not attach ({status}); stderr: {lines:?}");
+                }
+            }
+        }
+        Ok(tracer)
+    }
+
+    fn link_trace(args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn(
+            Command::new(workspace_root().join("target/release/link-trace"))
+                .arg("--json")
+                .args(args),
+            Some(READY_MARK),
+        )
+    }
+
+    /// bpftrace v0.17 prints "Attaching 1 probe..." to its output (stdout,
+    /// here /dev/null) *before* it attaches, so attachment is confirmed where
+    /// the kernel shows it: a perf event of bpftrace's on sys_enter_linkat.
+    fn bpftrace() -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let mut tracer = Self::spawn(Command::new("bpftrace").args(["-e", BPFTRACE_SCRIPT]), None)?;
+        let pid = tracer.pid()?;
+        while !bpftrace_attached(pid) {
+            let exited = tracer.child.as_mut().map(Child::try_wait);
+            if started.elapsed() > ATTACH_TIMEOUT || matches!(exited, Some(Ok(Some(_)))) {
+                let (status, lines) = tracer.stop(libc::SIGKILL)?;
+                bail!("bpftrace did not attach ({status}); stderr: {lines:?}");
+            }
+            thread::sleep(POLL);
+        }
+        tracer.startup = started.elapsed();
+        Ok(tracer)
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .context("tracer already stopped")
+    }
+
+    /// Sends `signal`, waits (SIGKILL after EXIT_TIMEOUT) and returns the
+    /// exit status and everything the tracer printed on stderr.
+    fn stop(&mut self, signal: i32) -> anyhow::Result<(ExitStatus, Vec<String>)> {
+        let mut child = self.child.take().context("tracer already stopped")?;
+        // SAFETY: kill(2) on our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the tracer did not exit within {EXIT_TIMEOUT:?} of signal {signal}");
+            }
+            thread::sleep(POLL);
+        };
+        let lines = self
+            .stderr
+            .take()
+            .map(|reader| reader.join().unwrap_or_default())
+            .unwrap_or_default();
+        Ok((status, lines))
+    }
+
+    /// SIGTERM, a clean exit and link-trace's summary line.
+    fn stop_link_trace(mut self) -> anyhow::Result<Summary> {
+        let (status, lines) = self.stop(libc::SIGTERM)?;
+        if status.code() != Some(0) {
+            bail!("link-trace exited with {status} after SIGTERM; stderr: {lines:?}");
+        }
+        lines
+            .iter()
+            .find(|line| line.contains(SUMMARY_MARK))
+            .and_then(|line| parse_summary(line))
+            .with_context(|| format!("no summary line from link-trace; stderr: {lines:?}"))
+    }
+
+    fn stop_bpftrace(mut self) -> anyhow::Result<()> {
+        let (status, lines) = self.stop(libc::SIGINT)?;
+        if !status.success() {
+            bail!("bpftrace exited with {status} after SIGINT; stderr: {lines:?}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `link-trace: N events captured, N written, N lost in the kernel or decoder, N undelivered`
+fn parse_summary(line: &str) -> Option<Summary> {
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|word| !word.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [captured, written, lost, undelivered] = numbers[..] else {
+        return None;
+    };
+    Some(Summary {
+        captured,
+        written,
+        lost,
+        undelivered,
+    })
+}
+
+fn bpftrace_attached(pid: u32) -> bool {
+    let Some(json) = output_of(Command::new("bpftool").args(["perf", "show", "--json"])) else {
+        return false;
+    };
+    let perf: Value = serde_json::from_str(&json).unwrap_or_default();
+    perf.as_array().is_some_and(|entries| {
+        entries.iter().any(|entry| {
+            entry["pid"].as_u64() == Some(u64::from(pid))
+                && entry["tracepoint"].as_str() == Some("sys_enter_linkat")
+        })
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    None,
+    LinkTrace,
+    Bpftrace,
+}
+
+const CONFIGS: [Config; 3] = [Config::None, Config::LinkTrace, Config::Bpftrace];
+
+impl Config {
+    fn label(self) -> &'static str {
+        match self {
+            Config::None => "no tracer",
+            Config::LinkTrace => "link-trace --json > /dev/null",
+            Config::Bpftrace => "bpftrace printf pid, comm, both paths > /dev/null",
+        }
+    }
+}
+
+/// Per-configuration samples of the alternating rounds.
+struct Rounds {
+    count: usize,
+    pairs: [Vec<f64>; 3],
+    getppid: [Vec<f64>; 3],
+    startups: Vec<Duration>,
+    /// link-trace's summaries, summed over its rounds.
+    link_trace: Summary,
+    /// linkat calls bench-load made while link-trace was attached.
+    link_trace_calls: u64,
+}
+
+fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
+    let mut rounds = Rounds {
+        count,
+        pairs: Default::default(),
+        getppid: Default::default(),
+        startups: Vec::new(),
+        link_trace: Summary::default(),
+        link_trace_calls: 0,
+    };
+    for round in 1..=count {
+        for (index, config) in CONFIGS.into_iter().enumerate() {
+            let tracer = match config {
+                Config::None => None,
+                Config::LinkTrace => Some(Tracer::link_trace(&[])?),
+                Config::Bpftrace => Some(Tracer::bpftrace()?),
+            };
+            let pairs = load.pairs()?;
+            let getppid = load.getppid()?;
+            match tracer {
+                Some(tracer) if config == Config::LinkTrace => {
+                    rounds.startups.push(tracer.startup);
+                    let summary = tracer.stop_link_trace()?;
+                    rounds.link_trace_calls += pairs.calls;
+                    rounds.link_trace.captured += summary.captured;
+                    rounds.link_trace.written += summary.written;
+                    rounds.link_trace.lost += summary.lost;
+                    rounds.link_trace.undelivered += summary.undelivered;
+                }
+                Some(tracer) => tracer.stop_bpftrace()?,
+                None => {}
+            }
+            eprintln!(
+                "xtask: round {round}/{count}, {}: {:.0} ns/pair, {:.1} ns/getppid",
+                config.label(),
+                pairs.ns_per_op,
+                getppid.ns_per_op
+            );
+            rounds.pairs[index].push(pairs.ns_per_op);
+            rounds.getppid[index].push(getppid.ns_per_op);
+        }
+    }
+    Ok(rounds)
+}
+
+/// Sets `kernel.bpf_stats_enabled=1` and puts the previous value back when dropped.
+struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let previous =
+            fs::read_to_string(BPF_STATS).with_context(|| format!("read {BPF_STATS}"))?;
+        fs::write(BPF_STATS, "1").with_context(|| format!("write 1 to {BPF_STATS}"))?;
+        eprintln!(
+            "xtask: sysctl kernel.bpf_stats_enabled=1 (was {})",
+            previous.trim()
+        );
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        match fs::write(BPF_STATS, self.previous.trim()) {
+            Ok(()) => eprintln!(
+                "xtask: sysctl kernel.bpf_stats_enabled={} (restored)",
+                self.previous.trim()
+            ),
+            Err(e) => eprintln!("xtask: warning: could not restore {BPF_STATS}: {e}"),
+        }
+    }
+}
+
+/// Run-time statistics of one of link-trace's programs.
+#[derive(Debug, Clone, Default)]
+struct ProgStats {
+    name: String,
+    run_cnt: u64,
+    run_time_ns: u64,
+}
+
+impl ProgStats {
+    fn ns_per_run(&self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
+}
+
+/// The statistics of the programs the process `pid` holds: their ids come
+/// from its fds, so another link-trace on the machine is not mixed in.
+fn program_stats(pid: u32) -> anyhow::Result<Vec<ProgStats>> {
+    let fdinfo = PathBuf::from(format!("/proc/{pid}/fdinfo"));
+    let mut ids = BTreeSet::new();
+    for entry in fs::read_dir(&fdinfo).with_context(|| format!("read {}", fdinfo.display()))? {
+        let Ok(text) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(text.lines().filter_map(|line| {
+            line.strip_prefix("prog_id:")
+                .and_then(|id| id.trim().parse::<u64>().ok())
+        }));
+    }
+    let json = output_of(Command::new("bpftool").args(["prog", "show", "--json"]))
+        .context("bpftool prog show failed")?;
+    let progs: Value = serde_json::from_str(&json).context("parse bpftool prog show")?;
+    let stats: Vec<ProgStats> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|prog| prog["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|prog| {
+            let name = prog["name"].as_str()?;
+            LINK_PROGRAMS.contains(&name).then(|| ProgStats {
+                name: name.to_owned(),
+                run_cnt: prog["run_cnt"].as_u64().unwrap_or(0),
+                run_time_ns: prog["run_time_ns"].as_u64().unwrap_or(0),
+            })
+        })
+        .collect();
+    if stats.len() != LINK_PROGRAMS.len() {
+        bail!("expected link-trace's {LINK_PROGRAMS:?} among its programs, found {stats:?}");
+    }
+    Ok(stats)
+}
+
+/// In-kernel cost of one linkat event: entry plus exit program.
+fn ns_per_event(stats: &[ProgStats]) -> Option<f64> {
+    let per_run = |name: &str| stats.iter().find(|p| p.name == name)?.ns_per_run();
+    Some(per_run("linkat_enter")? + per_run("linkat_exit")?)
+}
+
+/// One link-trace run (default configuration, stats on) under one generator.
+fn kernel_cost(load: &Load) -> anyhow::Result<Vec<ProgStats>> {
+    let tracer = Tracer::link_trace(&[])?;
+    load.pairs()?;
+    let stats = program_stats(tracer.pid()?)?;
+    let summary = tracer.stop_link_trace()?;
+    eprintln!("xtask: bpf_stats run: {stats:?}; {summary:?}");
+    Ok(stats)
+}
+
+struct Flood {
+    calls: u64,
+    summary: Summary,
+    vm_hwm_kib: u64,
+    vm_rss_kib: u64,
+    stats: Vec<ProgStats>,
+}
+
+fn flood(load: &Load) -> anyhow::Result<Flood> {
+    let tracer = Tracer::link_trace(&["--comm", LOAD_COMM])?;
+    let seconds = FLOOD_SECONDS.to_string();
+    eprintln!(
+        "xtask: flood: {FLOOD_GENERATORS} generators for {FLOOD_SECONDS} s, link-trace --comm {LOAD_COMM}"
+    );
+    let generators = (0..FLOOD_GENERATORS)
+        .map(|_| load.spawn(&["flood", &seconds]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut calls = 0;
+    for generator in generators {
+        let run = finish_load(generator)?;
+        calls += run.calls;
+    }
+    let pid = tracer.pid()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let kib = |key: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse().ok())
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))
+    };
+    let (vm_hwm_kib, vm_rss_kib) = (kib("VmHWM:")?, kib("VmRSS:")?);
+    let stats = program_stats(pid)?;
+    let summary = tracer.stop_link_trace()?;
+    eprintln!("xtask: flood: {calls} calls; {summary:?}");
+    Ok(Flood {
+        calls,
+        summary,
+        vm_hwm_kib,
+        vm_rss_kib,
+        stats,
+    })
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn spread(samples: &[f64]) -> (f64, f64) {
+    samples
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "yes" } else { "**no**" }
+}
+
+struct Report {
+    machine: Machine,
+    load: Load,
+    rounds: Rounds,
+    kernel: Vec<ProgStats>,
+    flood: Flood,
+    pipeline: f64,
+}
+
+impl Report {
+    /// The results as a Markdown table, ready for the README.
+    fn table(&self) -> String {
+        let m = &self.machine;
+        let r = &self.rounds;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nlink-trace benchmarks, {}; machine: Linux {}, {}, {} cores",
+            m.date, m.kernel, m.cpu, m.cores
+        );
+        let _ = writeln!(
+            out,
+            "{} alternating rounds of {} linkat+unlink pairs and {} getppid calls per configuration; medians (min–max)\n",
+            r.count, self.load.pairs, self.load.getppids
+        );
+        let _ = writeln!(
+            out,
+            "| configuration | median | ratio vs none | target | met? |"
+        );
+        let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
+        let mut row = |config: &str, value: String, ratio: String, target: &str, ok: &str| {
+            let _ = writeln!(out, "| {config} | {value} | {ratio} | {target} | {ok} |");
+        };
+        for (what, samples, unit, target) in [
+            ("linkat+unlink pair", &r.pairs, "ns/pair", PAIR_OVERHEAD_MAX),
+            ("getppid", &r.getppid, "ns/call", GETPPID_OVERHEAD_MAX),
+        ] {
+            let none = median(&samples[0]);
+            for (config, samples) in CONFIGS.iter().zip(samples) {
+                let value = median(samples);
+                let (lo, hi) = spread(samples);
+                let ratio = value / none;
+                let (target, ok) = match config {
+                    Config::None => (String::new(), ""),
+                    Config::LinkTrace => (format!("≤ {target:.2}×"), met(ratio <= target)),
+                    Config::Bpftrace if what == "linkat+unlink pair" => {
+                        ("~3× (the issue's figure for the peer)".into(), "reference")
+                    }
+                    Config::Bpftrace => (String::new(), "reference"),
+                };
+                row(
+                    &format!("{what}, {}", config.label()),
+                    format!("{value:.1} {unit} ({lo:.1}–{hi:.1})"),
+                    format!("{ratio:.3}×"),
+                    &target,
+                    ok,
+                );
+            }
+        }
+        let lt = &r.link_trace;
+        row(
+            &format!("link-trace losses over its {} pair rounds", r.count),
+            format!(
+                "{} lost, {} undelivered; {} captured for {} bench-load calls",
+                lt.lost, lt.undelivered, lt.captured, r.link_trace_calls
+            ),
+            String::new(),
+            "0 lost",
+            met(lt.lost == 0 && lt.undelivered == 0),
+        );
+        let f = &self.flood;
+        let s = &f.summary;
+        let balanced = f.calls == s.captured + s.lost;
+        row(
+            &format!(
+                "flood: {FLOOD_GENERATORS} generators × {FLOOD_SECONDS} s, link-trace --comm {LOAD_COMM}, default ring"
+            ),
+            format!(
+                "{} calls made; {} captured + {} lost = {} ({}); {} written, {} undelivered",
+                f.calls,
+                s.captured,
+                s.lost,
+                s.captured + s.lost,
+                if balanced { "equal" } else { "NOT equal" },
+                s.written,
+                s.undelivered
+            ),
+            String::new(),
+            "0 lost, calls = captured + lost",
+            met(balanced && s.lost == 0 && s.undelivered == 0),
+        );
+        for (label, stats) in [
+            ("one generator", &self.kernel),
+            ("flood", &self.flood.stats),
+        ] {
+            let mut runs: Vec<String> = stats
+                .iter()
+                .filter_map(|p| Some(format!("{} {:.0}", p.name, p.ns_per_run()?)))
+                .collect();
+            runs.sort();
+            row(
+                &format!("in-kernel cost ({label}), kernel.bpf_stats_enabled"),
+                format!(
+                    "{} ns/event (enter+exit); ns/run: {}",
+                    ns_per_event(stats).map_or_else(|| "n/a".into(), |ns| format!("{ns:.0}")),
+                    runs.join(", ")
+                ),
+                String::new(),
+                "",
+                "",
+            );
+        }
+        for (key, kib) in [("VmHWM", f.vm_hwm_kib), ("VmRSS", f.vm_rss_kib)] {
+            row(
+                &format!("link-trace {key} at the end of the flood"),
+                format!("{:.1} MiB", kib as f64 / 1024.0),
+                String::new(),
+                "≤ 32 MiB",
+                met(kib <= RSS_MAX_KIB),
+            );
+        }
+        let startups: Vec<f64> = r.startups.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let startup = median(&startups);
+        let (lo, hi) = spread(&startups);
+        row(
+            &format!(
+                "link-trace start-up, spawn → \"{READY_MARK}\" (median of {})",
+                startups.len()
+            ),
+            format!("{startup:.1} ms ({lo:.1}–{hi:.1})"),
+            String::new(),
+            "< 200 ms",
+            met(startup < STARTUP_MAX.as_secs_f64() * 1e3),
+        );
+        row(
+            "userspace pipeline decode → event → JSON, one core (criterion)",
+            format!("{:.2} M events/s", self.pipeline / 1e6),
+            String::new(),
+            "≥ 1 M events/s",
+            met(self.pipeline >= PIPELINE_MIN_EVENTS_PER_S),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_summary_line() {
+        let line = "link-trace: 12 events captured, 11 written, 3 lost in the kernel or decoder, 1 undelivered";
+        let s = parse_summary(line).unwrap();
+        assert_eq!(
+            (s.captured, s.written, s.lost, s.undelivered),
+            (12, 11, 3, 1)
+        );
+        assert!(parse_summary("link-trace: tracing").is_none());
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
