@@ -1,8 +1,8 @@
 //! Pure decoding of ring buffer records: `&[u8] -> Result<LinkRecord, DecodeError>`.
 
 use crate::{
-    LINK_HEADER_SIZE, LinkEventHeader, PATH_KEEP_MAX, PATH_READ_FAILED, PathArg, RECORD_LINK,
-    SyscallId,
+    LinkRecordHeader, PATH_KEEP_MAX, PATH_READ_FAILED, PathArg, RECORD_HEADER_SIZE, RECORD_LINK,
+    SEG_COUNT, SEG_NEW_RAW, SEG_OLD_RAW, SyscallId,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -11,14 +11,16 @@ pub enum DecodeError {
     TooShort(usize),
     #[error("unknown record type {0}")]
     UnknownRecordType(u32),
-    #[error("link record of {actual} bytes is shorter than its {LINK_HEADER_SIZE}-byte header")]
+    #[error("link record of {actual} bytes is shorter than its {RECORD_HEADER_SIZE}-byte header")]
     HeaderTruncated { actual: usize },
     #[error("record declares {declared} bytes but {actual} arrived")]
     LengthMismatch { declared: usize, actual: usize },
     #[error("unknown syscall id {0}")]
     UnknownSyscall(u32),
-    #[error("path of {0} bytes exceeds the {PATH_KEEP_MAX}-byte limit")]
+    #[error("segment of {0} bytes exceeds the {PATH_KEEP_MAX}-byte limit")]
     PathTooLong(usize),
+    #[error("path argument lengths disagree with their segments")]
+    SegmentMismatch,
 }
 
 impl TryFrom<u32> for SyscallId {
@@ -32,14 +34,16 @@ impl TryFrom<u32> for SyscallId {
     }
 }
 
-/// A decoded link record borrowing its path bytes from the ring buffer.
+/// A decoded link record borrowing its variable parts from the ring buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRecord<'a> {
-    pub header: LinkEventHeader,
+    pub header: LinkRecordHeader,
     pub syscall: SyscallId,
-    /// `None` when the kernel could not read the argument (see `header.old`).
+    /// `None` when the kernel could not read the argument (see `header.call.old`).
     pub old_path: Option<&'a [u8]>,
     pub new_path: Option<&'a [u8]>,
+    /// Every segment in SEG_* order (empty when absent).
+    pub segments: [&'a [u8]; SEG_COUNT],
 }
 
 pub fn decode_record(bytes: &[u8]) -> Result<LinkRecord<'_>, DecodeError> {
@@ -51,44 +55,56 @@ pub fn decode_record(bytes: &[u8]) -> Result<LinkRecord<'_>, DecodeError> {
     if record_type != RECORD_LINK {
         return Err(DecodeError::UnknownRecordType(record_type));
     }
-    if bytes.len() < LINK_HEADER_SIZE {
+    if bytes.len() < RECORD_HEADER_SIZE {
         return Err(DecodeError::HeaderTruncated {
             actual: bytes.len(),
         });
     }
-    // SAFETY: the length was checked above; LinkEventHeader is plain
+    // SAFETY: the length was checked above; LinkRecordHeader is plain
     // integers and arrays, valid for any bit pattern; read_unaligned does not
     // need the ring buffer's alignment.
-    let header: LinkEventHeader =
-        unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<LinkEventHeader>()) };
-    let syscall = SyscallId::try_from(header.syscall)?;
-    let declared = header.record_len as usize;
+    let header: LinkRecordHeader =
+        unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<LinkRecordHeader>()) };
+    let syscall = SyscallId::try_from(header.call.syscall)?;
+    let declared = header.call.record_len as usize;
     // The ring buffer may round a record up to 8 bytes, never down.
-    if declared < LINK_HEADER_SIZE || declared > bytes.len() {
+    if declared < RECORD_HEADER_SIZE || declared > bytes.len() {
         return Err(DecodeError::LengthMismatch {
             declared,
             actual: bytes.len(),
         });
     }
-    let (old_len, new_len) = (header.old.len as usize, header.new.len as usize);
-    for len in [old_len, new_len] {
-        if len > PATH_KEEP_MAX {
-            return Err(DecodeError::PathTooLong(len));
+    let mut total = 0;
+    for len in header.seg_len {
+        if len as usize > PATH_KEEP_MAX {
+            return Err(DecodeError::PathTooLong(len as usize));
         }
+        total += len as usize;
     }
-    if LINK_HEADER_SIZE + old_len + new_len != declared {
+    if RECORD_HEADER_SIZE + total != declared {
         return Err(DecodeError::LengthMismatch {
             declared,
-            actual: LINK_HEADER_SIZE + old_len + new_len,
+            actual: RECORD_HEADER_SIZE + total,
         });
     }
-    let body = &bytes[LINK_HEADER_SIZE..declared];
-    let (old_bytes, new_bytes) = body.split_at(old_len);
+    if header.seg_len[SEG_OLD_RAW] != header.call.old.len
+        || header.seg_len[SEG_NEW_RAW] != header.call.new.len
+    {
+        return Err(DecodeError::SegmentMismatch);
+    }
+    let mut segments: [&[u8]; SEG_COUNT] = [&[]; SEG_COUNT];
+    let mut rest = &bytes[RECORD_HEADER_SIZE..declared];
+    for (segment, len) in segments.iter_mut().zip(header.seg_len) {
+        let (head, tail) = rest.split_at(len as usize);
+        *segment = head;
+        rest = tail;
+    }
     Ok(LinkRecord {
         header,
         syscall,
-        old_path: readable(&header.old, old_bytes),
-        new_path: readable(&header.new, new_bytes),
+        old_path: readable(&header.call.old, segments[SEG_OLD_RAW]),
+        new_path: readable(&header.call.new, segments[SEG_NEW_RAW]),
+        segments,
     })
 }
 
@@ -104,35 +120,56 @@ mod tests {
     use super::*;
     use crate::{PATH_TRUNCATED, SyscallId};
 
-    fn record(old: &[u8], new: &[u8], tweak: impl FnOnce(&mut LinkEventHeader)) -> Vec<u8> {
-        let mut header = LinkEventHeader {
-            record_type: RECORD_LINK,
-            record_len: (LINK_HEADER_SIZE + old.len() + new.len()) as u32,
-            syscall: SyscallId::Linkat as u32,
-            old: PathArg {
-                len: old.len() as u16,
-                ..Default::default()
-            },
-            new: PathArg {
-                len: new.len() as u16,
-                ..Default::default()
-            },
-            tgid: 42,
-            ret: -17,
+    fn record(old: &[u8], new: &[u8], tweak: impl FnOnce(&mut LinkRecordHeader)) -> Vec<u8> {
+        record_with_base(old, new, b"", tweak)
+    }
+
+    fn record_with_base(
+        old: &[u8],
+        new: &[u8],
+        base: &[u8],
+        tweak: impl FnOnce(&mut LinkRecordHeader),
+    ) -> Vec<u8> {
+        let mut header = LinkRecordHeader::default();
+        header.call.record_type = RECORD_LINK;
+        header.call.record_len = (RECORD_HEADER_SIZE + old.len() + new.len() + base.len()) as u32;
+        header.call.syscall = SyscallId::Linkat as u32;
+        header.call.old = PathArg {
+            len: old.len() as u16,
             ..Default::default()
         };
+        header.call.new = PathArg {
+            len: new.len() as u16,
+            ..Default::default()
+        };
+        header.call.tgid = 42;
+        header.call.ret = -17;
+        header.seg_len[SEG_OLD_RAW] = old.len() as u16;
+        header.seg_len[SEG_NEW_RAW] = new.len() as u16;
+        header.seg_len[crate::SEG_OLD_BASE] = base.len() as u16;
         tweak(&mut header);
-        // SAFETY: LinkEventHeader is repr(C) plain data without padding.
+        // SAFETY: LinkRecordHeader is repr(C) plain data without padding.
         let raw = unsafe {
             core::slice::from_raw_parts(
-                (&header as *const LinkEventHeader).cast::<u8>(),
-                LINK_HEADER_SIZE,
+                (&header as *const LinkRecordHeader).cast::<u8>(),
+                RECORD_HEADER_SIZE,
             )
         };
         let mut bytes = raw.to_vec();
         bytes.extend_from_slice(old);
         bytes.extend_from_slice(new);
+        bytes.extend_from_slice(base);
         bytes
+    }
+
+    #[test]
+    fn decodes_segments_in_order() {
+        let bytes = record_with_base(b"a", b"bc", b"/work/dir", |_| {});
+        let rec = decode_record(&bytes).unwrap();
+        assert_eq!(rec.segments[SEG_OLD_RAW], b"a");
+        assert_eq!(rec.segments[SEG_NEW_RAW], b"bc");
+        assert_eq!(rec.segments[crate::SEG_OLD_BASE], b"/work/dir");
+        assert!(rec.segments[crate::SEG_EXE].is_empty());
     }
 
     #[test]
@@ -142,8 +179,8 @@ mod tests {
         assert_eq!(rec.syscall, SyscallId::Linkat);
         assert_eq!(rec.old_path, Some(&b"/tmp/a"[..]));
         assert_eq!(rec.new_path, Some(&b"/tmp/\xffb\n"[..]));
-        assert_eq!(rec.header.tgid, 42);
-        assert_eq!(rec.header.ret, -17);
+        assert_eq!(rec.header.call.tgid, 42);
+        assert_eq!(rec.header.call.ret, -17);
     }
 
     #[test]
@@ -156,19 +193,19 @@ mod tests {
     #[test]
     fn read_failure_yields_no_path() {
         let bytes = record(b"", b"x", |h| {
-            h.old.flags = PATH_READ_FAILED;
-            h.old.read_error = -14;
+            h.call.old.flags = PATH_READ_FAILED;
+            h.call.old.read_error = -14;
         });
         let rec = decode_record(&bytes).unwrap();
         assert_eq!(rec.old_path, None);
-        assert_eq!(rec.header.old.read_error, -14);
+        assert_eq!(rec.header.call.old.read_error, -14);
         assert_eq!(rec.new_path, Some(&b"x"[..]));
     }
 
     #[test]
     fn keeps_truncated_full_length_path() {
         let long = [b'a'; PATH_KEEP_MAX];
-        let bytes = record(&long, b"b", |h| h.old.flags = PATH_TRUNCATED);
+        let bytes = record(&long, b"b", |h| h.call.old.flags = PATH_TRUNCATED);
         let rec = decode_record(&bytes).unwrap();
         assert_eq!(rec.old_path.map(<[u8]>::len), Some(PATH_KEEP_MAX));
     }
@@ -178,7 +215,7 @@ mod tests {
         assert_eq!(decode_record(&[]), Err(DecodeError::TooShort(0)));
         assert_eq!(decode_record(&[1, 0]), Err(DecodeError::TooShort(2)));
         let bytes = record(b"a", b"b", |_| {});
-        for cut in [4, 50, LINK_HEADER_SIZE - 1] {
+        for cut in [4, 50, RECORD_HEADER_SIZE - 1] {
             assert_eq!(
                 decode_record(&bytes[..cut]),
                 Err(DecodeError::HeaderTruncated { actual: cut })
@@ -195,19 +232,21 @@ mod tests {
 
     #[test]
     fn rejects_unknown_tags_and_inconsistent_lengths() {
-        let bytes = record(b"a", b"b", |h| h.record_type = 99);
+        let bytes = record(b"a", b"b", |h| h.call.record_type = 99);
         assert_eq!(
             decode_record(&bytes),
             Err(DecodeError::UnknownRecordType(99))
         );
-        let bytes = record(b"a", b"b", |h| h.syscall = 7);
+        let bytes = record(b"a", b"b", |h| h.call.syscall = 7);
         assert_eq!(decode_record(&bytes), Err(DecodeError::UnknownSyscall(7)));
-        let bytes = record(b"a", b"b", |h| h.old.len = 5);
+        let bytes = record(b"a", b"b", |h| h.call.old.len = 5);
+        assert_eq!(decode_record(&bytes), Err(DecodeError::SegmentMismatch));
+        let bytes = record(b"a", b"b", |h| h.seg_len[SEG_OLD_RAW] = 5);
         assert!(matches!(
             decode_record(&bytes),
             Err(DecodeError::LengthMismatch { .. })
         ));
-        let bytes = record(b"a", b"b", |h| h.new.len = 5000);
+        let bytes = record(b"a", b"b", |h| h.seg_len[SEG_NEW_RAW] = 5000);
         assert_eq!(decode_record(&bytes), Err(DecodeError::PathTooLong(5000)));
     }
 

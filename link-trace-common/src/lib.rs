@@ -87,11 +87,221 @@ const _: () = assert!(LINK_HEADER_SIZE == 96);
 #[derive(Clone, Copy)]
 pub struct PendingCall {
     pub header: LinkEventHeader,
+    /// The user pointers, re-read at exit to catch arguments that changed.
+    pub old_ptr: u64,
+    pub new_ptr: u64,
     pub paths: [u8; PATHS_CAP],
 }
 pub const PENDING_CALL_SIZE: usize = core::mem::size_of::<PendingCall>();
-const _: () = assert!(PENDING_CALL_SIZE == LINK_HEADER_SIZE + PATHS_CAP);
+const _: () = assert!(PENDING_CALL_SIZE == LINK_HEADER_SIZE + 16 + PATHS_CAP);
 const _: () = assert!(PATHS_CAP >= PATH_KEEP_MAX + PATH_READ_MAX);
+
+/// Variable-length parts of a wire record, packed after `LinkRecordHeader`
+/// in this order; `LinkRecordHeader::seg_len` gives each one's length.
+pub const SEG_OLD_RAW: usize = 0;
+pub const SEG_NEW_RAW: usize = 1;
+/// Absolute path of the directory (or, for AT_EMPTY_PATH, the file) a
+/// relative argument is resolved against, walked in the kernel at exit.
+pub const SEG_OLD_BASE: usize = 2;
+pub const SEG_NEW_BASE: usize = 3;
+/// The caller's executable.
+pub const SEG_EXE: usize = 4;
+/// The argument as re-read at exit, present only when it differs from entry.
+pub const SEG_OLD_AT_EXIT: usize = 5;
+pub const SEG_NEW_AT_EXIT: usize = 6;
+pub const SEG_COUNT: usize = 8;
+
+/// `BaseInfo::kind`: what a path argument is relative to.
+pub const BASE_NONE: u8 = 0;
+/// Relative to the caller's working directory (AT_FDCWD).
+pub const BASE_CWD: u8 = 1;
+/// Relative to the directory open on the dirfd.
+pub const BASE_DIRFD: u8 = 2;
+/// Absolute, inside a chroot: the base is the caller's root directory.
+pub const BASE_ROOT: u8 = 3;
+/// AT_EMPTY_PATH with an empty path: the file open on the dirfd itself.
+pub const BASE_FD_FILE: u8 = 4;
+/// Absolute, and the caller's root is its mount namespace's root.
+pub const BASE_ABSOLUTE: u8 = 5;
+
+/// `BaseInfo::error`: why a base could not be resolved.
+pub const RESOLVE_OK: u8 = 0;
+pub const RESOLVE_DEPTH_LIMIT: u8 = 1;
+pub const RESOLVE_DELETED: u8 = 2;
+pub const RESOLVE_BAD_FD: u8 = 3;
+pub const RESOLVE_NOT_A_DIRECTORY: u8 = 4;
+pub const RESOLVE_TOO_LONG: u8 = 5;
+pub const RESOLVE_READ_FAILED: u8 = 6;
+pub const RESOLVE_NO_OFFSETS: u8 = 7;
+/// The argument itself could not be read, so there is nothing to resolve.
+pub const RESOLVE_NO_ARGUMENT: u8 = 8;
+
+/// `BaseInfo::flags`: the new path's base is the old path's (same kind and
+/// dirfd), so its segment is empty and the old base serves both.
+pub const BASE_SAME_AS_OLD: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BaseInfo {
+    pub kind: u8,
+    pub error: u8,
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<BaseInfo>() == 8);
+
+/// `ProcessContext::valid` bits: which fields the kernel could fill.
+pub const CTX_PPID: u32 = 1 << 0;
+pub const CTX_CREDS: u32 = 1 << 1;
+pub const CTX_AUDIT: u32 = 1 << 2;
+pub const CTX_MNT_NS: u32 = 1 << 3;
+pub const CTX_PID_NS: u32 = 1 << 4;
+pub const CTX_EXE: u32 = 1 << 5;
+
+/// The caller, read from its task_struct at syscall exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessContext {
+    pub ppid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub fsuid: u32,
+    pub fsgid: u32,
+    /// Login uid (audit uid); u32::MAX when unset.
+    pub auid: u32,
+    /// Audit session id; u32::MAX when unset.
+    pub sessionid: u32,
+    pub valid: u32,
+    /// cgroup v2 id (the cgroup directory's inode number).
+    pub cgroup_id: u64,
+    pub mnt_ns: u32,
+    pub pid_ns: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProcessContext>() == 48);
+
+/// Facts about the file being linked, read from its inode in the kernel at
+/// call time (set when `valid` is 1: AT_EMPTY_PATH on a descriptor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileFacts {
+    pub ino: u64,
+    /// Kernel dev_t encoding: major << 20 | minor.
+    pub dev: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileFacts>() == 32);
+
+/// `LinkRecordHeader::toctou` bits.
+pub const OLD_CHANGED_AT_EXIT: u32 = 1 << 0;
+pub const NEW_CHANGED_AT_EXIT: u32 = 1 << 1;
+/// The exit-time re-read itself failed (e.g. the memory was unmapped).
+pub const OLD_REREAD_FAILED: u32 = 1 << 2;
+pub const NEW_REREAD_FAILED: u32 = 1 << 3;
+
+/// The wire record: this header, then the segments in SEG_* order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkRecordHeader {
+    /// `call.record_len` is the length of the whole wire record.
+    pub call: LinkEventHeader,
+    pub process: ProcessContext,
+    pub file: FileFacts,
+    pub old_base: BaseInfo,
+    pub new_base: BaseInfo,
+    pub seg_len: [u16; SEG_COUNT],
+    /// For walked segments (bases, exe): the length the walk produced. A
+    /// value above PATH_KEEP_MAX means the path did not fit and the segment
+    /// is garbage (the kernel side never compares it, to keep the verifier's
+    /// loop analysis cheap; the decoder does).
+    pub walked_len: [u16; SEG_COUNT],
+    pub toctou: u32,
+    pub _pad: u32,
+}
+pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<LinkRecordHeader>();
+const _: () = assert!(RECORD_HEADER_SIZE == 96 + 48 + 32 + 16 + 16 + 16 + 8);
+
+/// Room for the segments: both raw paths (8192), two bases, the executable
+/// and two exit-time re-reads (4096 each), plus one read's slack so a
+/// bounded-offset copy never runs off the end.
+pub const OUT_DATA_CAP: usize = 32768 + 4096;
+/// Appends start below this offset (a mask the verifier can follow).
+pub const OUT_OFFSET_MASK: usize = 32767;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OutRecord {
+    pub header: LinkRecordHeader,
+    pub data: [u8; OUT_DATA_CAP],
+}
+
+/// Where the kernel walks a path: built back to front ending at
+/// WALK_END, so each component lands at a masked offset below it.
+pub const WALK_END: usize = 4096;
+pub const WALK_CAP: usize = 8192;
+/// Components (and mount crossings) walked before giving up.
+pub const WALK_MAX_DEPTH: u32 = 40;
+pub const NAME_MAX: usize = 255;
+
+/// Byte offsets of the kernel struct members the programs read, taken from
+/// the running kernel's BTF at start-up (never hard-coded).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 once filled in; the programs resolve nothing while it is 0.
+    pub ready: u32,
+    /// CTX_AUDIT when task_struct has loginuid/sessionid (CONFIG_AUDIT).
+    pub optional: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_fs: u32,
+    pub task_files: u32,
+    pub task_mm: u32,
+    pub task_cred: u32,
+    pub task_loginuid: u32,
+    pub task_sessionid: u32,
+    pub task_nsproxy: u32,
+    pub task_thread_pid: u32,
+    pub cred_euid: u32,
+    pub cred_egid: u32,
+    pub cred_fsuid: u32,
+    pub cred_fsgid: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name_len: u32,
+    pub dentry_d_name_name: u32,
+    pub dentry_d_hash_pprev: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub mount_mnt: u32,
+    pub vfsmount_mnt_root: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_uid: u32,
+    pub inode_i_gid: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_nlink: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub mm_exe_file: u32,
+    pub nsproxy_mnt_ns: u32,
+    pub mnt_ns_inum: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
+    pub upid_ns: u32,
+    pub pid_ns_inum: u32,
+}
 
 /// AT_FDCWD, the dirfd that link(2) implies.
 pub const AT_FDCWD: i32 = -100;
@@ -125,8 +335,9 @@ pub const FILTER_MAX_ENTRIES: u32 = 256;
 
 /// Default ring buffer size in bytes (a power of two, page aligned).
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
-/// Calls that can be in flight at once before the LRU map evicts.
-pub const MAX_INFLIGHT: u32 = 16384;
+/// Calls that can be in flight at once before the LRU map evicts (an LRU
+/// hash is preallocated: 1024 entries of ~8.3 KiB is ~8.5 MiB of kernel memory).
+pub const MAX_INFLIGHT: u32 = 1024;
 
 /// The kernel wakes the daemon once this many bytes wait in the ring...
 pub const WAKEUP_BYTES: u64 = 64 * 1024;
@@ -141,4 +352,5 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding holes.
     unsafe impl aya::Pod for super::PathArg {}
     unsafe impl aya::Pod for super::LinkEventHeader {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
 }

@@ -5,12 +5,17 @@
 #![no_std]
 #![no_main]
 
+mod context;
+
 use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
+        generated::{
+            bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_probe_read_user_str,
+        },
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -19,10 +24,13 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use link_trace_common::{
     AT_FDCWD, DEFAULT_RING_BYTES, FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID,
-    LINK_HEADER_SIZE, MAX_INFLIGHT, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED,
-    PENDING_CALL_SIZE, PathArg, PendingCall, RECORD_LINK, STAT_COUNT, Stat, SyscallId,
-    TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES,
+    LinkRecordHeader, MAX_INFLIGHT, OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX,
+    PATH_TRUNCATED, PathArg, PendingCall, RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS,
+    SEG_NEW_RAW, SEG_OLD_RAW, STAT_COUNT, Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS,
+    WAKEUP_BYTES, WALK_CAP,
 };
+
+const OUT_RECORD_SIZE: usize = core::mem::size_of::<OutRecord>();
 
 /// The tracer's own tgid: its activity is never reported.
 #[unsafe(no_mangle)]
@@ -41,6 +49,13 @@ static INFLIGHT: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX
 static SCRATCH: PerCpuArray<PendingCall> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static LAST_WAKEUP_NS: Array<u64> = Array::with_max_entries(1, 0);
+/// Where exit assembles the wire record, one slot per CPU (indexed by CPU
+/// id: the record is larger than a per-CPU map value may be).
+#[map]
+static OUT: Array<OutRecord> = Array::with_max_entries(1, 0);
+/// Per-CPU scratch for path walks and exit-time re-reads.
+#[map]
+pub(crate) static WALK: PerCpuArray<[u8; WALK_CAP]> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map]
@@ -172,6 +187,8 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     header.newdirfd = newdirfd as i32;
     header.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
 
+    call.old_ptr = oldname;
+    call.new_ptr = newname;
     header.old = read_path(call.paths.as_mut_ptr(), oldname);
     let new_offset = call.header.old.len as usize;
     if new_offset > PATH_KEEP_MAX {
@@ -180,8 +197,6 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     // SAFETY: new_offset <= PATH_KEEP_MAX and PATHS_CAP >= PATH_KEEP_MAX +
     // PATH_READ_MAX, so the read below stays inside `paths`.
     call.header.new = read_path(unsafe { call.paths.as_mut_ptr().add(new_offset) }, newname);
-    call.header.record_len =
-        (LINK_HEADER_SIZE + call.header.old.len as usize + call.header.new.len as usize) as u32;
 
     // Overwrites a stale entry of this thread whose exit was never seen.
     // By reference: a PendingCall copied by value would not fit the BPF stack.
@@ -240,32 +255,70 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), Stat> {
     };
     // SAFETY: the entry stays valid until removed below; only this thread
     // (its key) touches it.
-    let result = submit(ctx, unsafe { &mut *call });
+    let result = submit(ctx, unsafe { &*call });
     let _ = INFLIGHT.remove(pid_tgid);
     result
 }
 
 #[inline(always)]
-fn submit(ctx: &TracePointContext, call: &mut PendingCall) -> Result<(), Stat> {
+fn submit(ctx: &TracePointContext, call: &PendingCall) -> Result<(), Stat> {
     // SAFETY: plain helper call without arguments.
-    call.header.exit_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let out = OUT.get_ptr_mut(cpu).ok_or(Stat::ScratchUnavailable)?;
+    let walk = WALK.get_ptr_mut(0).ok_or(Stat::ScratchUnavailable)?;
+    // SAFETY: this CPU's slots, ours until the program returns.
+    let (out, walk) = unsafe { (&mut *out, &mut *walk) };
+
+    out.header = LinkRecordHeader {
+        call: call.header,
+        ..Default::default()
+    };
+    // SAFETY: plain helper call without arguments.
+    out.header.call.exit_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
-    call.header.ret = unsafe { ctx.read_at::<i64>(EXIT_RET) }.map_err(|_| Stat::ArgReadFailed)?;
-    let len = call.header.record_len as usize;
-    if len < LINK_HEADER_SIZE {
+    out.header.call.ret =
+        unsafe { ctx.read_at::<i64>(EXIT_RET) }.map_err(|_| Stat::ArgReadFailed)?;
+
+    // Both raw paths, packed as entry stored them.
+    let raw_len = call.header.old.len as usize + call.header.new.len as usize;
+    if raw_len > 2 * PATH_KEEP_MAX {
         return Err(Stat::ArgReadFailed);
     }
+    // SAFETY: raw_len <= 8192 <= both buffers.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            out.data.as_mut_ptr().cast(),
+            raw_len as u32,
+            call.paths.as_ptr().cast(),
+        )
+    };
+    if ret != 0 {
+        return Err(Stat::ArgReadFailed);
+    }
+    out.header.seg_len[SEG_OLD_RAW] = call.header.old.len;
+    out.header.seg_len[SEG_NEW_RAW] = call.header.new.len;
+    // record_len counts data bytes while the record grows (see context::append).
+    out.header.call.record_len = raw_len as u32;
+    if context::offsets_ready() {
+        context::enrich(call, out, walk);
+    } else {
+        out.header.old_base.error = RESOLVE_NO_OFFSETS;
+        out.header.new_base.error = RESOLVE_NO_OFFSETS;
+    }
+
+    let len = RECORD_HEADER_SIZE + out.header.call.record_len as usize;
+    out.header.call.record_len = len as u32;
     // A plain upper-bound test on the very register passed as the size: the
     // verifier must see `len <= value size`, and a range test gets rewritten
     // into a subtraction it cannot follow.
-    if len > PENDING_CALL_SIZE {
+    if len > OUT_RECORD_SIZE {
         return Err(Stat::ArgReadFailed);
     }
     // SAFETY: `len` lies within the map value, checked just above.
     let record =
-        unsafe { core::slice::from_raw_parts((call as *const PendingCall).cast::<u8>(), len) };
+        unsafe { core::slice::from_raw_parts((out as *const OutRecord).cast::<u8>(), len) };
     EVENTS
-        .output::<[u8]>(record, wakeup_flag(call.header.exit_boot_ns))
+        .output::<[u8]>(record, wakeup_flag(out.header.call.exit_boot_ns))
         .map_err(|_| Stat::RingFull)?;
     count(Stat::Submitted);
     Ok(())

@@ -8,12 +8,16 @@
 use std::borrow::Cow;
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use link_trace_common::{
+    BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS, CTX_PID_NS, CTX_PPID,
+    NEW_CHANGED_AT_EXIT, OLD_CHANGED_AT_EXIT, PATH_KEEP_MAX, PATH_TRUNCATED, PathArg, SEG_EXE,
+    SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, SyscallId, decode::LinkRecord,
+};
 #[cfg(test)]
-use link_trace_common::{LinkEventHeader, PATH_READ_FAILED, PathArg, RECORD_LINK};
-use link_trace_common::{PATH_TRUNCATED, SyscallId, decode::LinkRecord};
+use link_trace_common::{LinkEventHeader, LinkRecordHeader, PATH_READ_FAILED, RECORD_LINK};
 use serde::Serialize;
 
-use crate::{clock::WallClock, names};
+use crate::{clock::WallClock, names, resolve};
 
 /// Bumped whenever a field changes meaning or disappears.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -54,39 +58,126 @@ pub struct LinkEvent {
     pub comm: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm_b64: Option<String>,
+    /// A path argument read again at exit differed from entry (TOCTOU).
+    pub args_changed: bool,
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// The file being linked; null when it could not be determined.
+    pub file: Option<FileInfo>,
+    /// Why `file` is null.
+    pub file_error: Option<Cow<'static, str>>,
+    /// The new name after a successful call (from a later stat).
+    pub new_file: Option<FileInfo>,
+    /// The new name's inode is not the observed source's; null when
+    /// either is unknown.
+    pub inode_mismatch: Option<bool>,
+}
+
+/// The caller, from its task_struct at syscall exit (kernel), plus what the
+/// daemon derives from it (cgroup path, container id).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct ProcessInfo {
+    pub ppid: Option<u32>,
+    pub euid: Option<u32>,
+    pub egid: Option<u32>,
+    pub fsuid: Option<u32>,
+    pub fsgid: Option<u32>,
+    /// Login (audit) uid; null when unset or without CONFIG_AUDIT.
+    pub auid: Option<u32>,
+    /// Audit session id; null when unset or without CONFIG_AUDIT.
+    pub sessionid: Option<u32>,
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_b64: Option<String>,
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
+    pub container_id: Option<String>,
+    pub mnt_ns: Option<u32>,
+    pub pid_ns: Option<u32>,
+}
+
+/// Facts about one file and where they came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileInfo {
+    /// "kernel": read from the inode at call time; "stat": a later stat by
+    /// the daemon (the file may have changed in between).
+    pub facts_from: &'static str,
+    /// "major:minor".
+    pub dev: String,
+    pub ino: u64,
+    #[serde(rename = "type")]
+    pub file_type: &'static str,
+    /// st_mode, type bits included.
+    pub mode: u32,
+    /// Permission bits in octal, e.g. "4755".
+    pub permissions: String,
+    pub setuid: bool,
+    pub setgid: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
 }
 
 /// Field names of one path argument; `Old` and `New` give the prefixes.
 pub trait PathPrefix {
-    const PATH: &'static str;
-    const B64: &'static str;
-    const TRUNCATED: &'static str;
-    const ERROR: &'static str;
+    const NAMES: PathNames;
 }
+
+pub struct PathNames {
+    path: &'static str,
+    b64: &'static str,
+    truncated: &'static str,
+    error: &'static str,
+    resolved: &'static str,
+    resolved_b64: &'static str,
+    resolution: &'static str,
+    resolution_error: &'static str,
+    at_exit: &'static str,
+    at_exit_b64: &'static str,
+}
+
+macro_rules! path_names {
+    ($p:literal) => {
+        PathNames {
+            path: $p,
+            b64: concat!($p, "_b64"),
+            truncated: concat!($p, "_truncated"),
+            error: concat!($p, "_error"),
+            resolved: concat!($p, "_resolved"),
+            resolved_b64: concat!($p, "_resolved_b64"),
+            resolution: concat!($p, "_resolution"),
+            resolution_error: concat!($p, "_resolution_error"),
+            at_exit: concat!($p, "_at_exit"),
+            at_exit_b64: concat!($p, "_at_exit_b64"),
+        }
+    };
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Old;
 #[derive(Debug, Clone, PartialEq)]
 pub struct New;
 impl PathPrefix for Old {
-    const PATH: &'static str = "oldpath";
-    const B64: &'static str = "oldpath_b64";
-    const TRUNCATED: &'static str = "oldpath_truncated";
-    const ERROR: &'static str = "oldpath_error";
+    const NAMES: PathNames = path_names!("oldpath");
 }
 impl PathPrefix for New {
-    const PATH: &'static str = "newpath";
-    const B64: &'static str = "newpath_b64";
-    const TRUNCATED: &'static str = "newpath_truncated";
-    const ERROR: &'static str = "newpath_error";
+    const NAMES: PathNames = path_names!("newpath");
 }
 
-/// One path argument as captured: its bytes (None when unreadable), whether
-/// it was cut at PATH_MAX, and the read error.
+/// One path argument as captured: its bytes at entry (None when
+/// unreadable), whether it was cut at PATH_MAX, the read error, its
+/// resolution to an absolute path, and its value at exit if that differed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PathField<P> {
     pub bytes: Option<Vec<u8>>,
     pub truncated: bool,
     pub error: Option<Cow<'static, str>>,
+    pub resolved: Option<Vec<u8>>,
+    /// How `resolved` was made: absolute, cwd, dirfd, chroot, fd, none.
+    pub resolution: &'static str,
+    /// Why it could not be resolved.
+    pub resolution_error: Option<&'static str>,
+    pub at_exit: Option<Vec<u8>>,
     prefix: std::marker::PhantomData<P>,
 }
 
@@ -96,23 +187,46 @@ impl<P> PathField<P> {
             bytes: bytes.map(<[u8]>::to_vec),
             truncated,
             error,
+            resolved: None,
+            resolution: "none",
+            resolution_error: None,
+            at_exit: None,
             prefix: std::marker::PhantomData,
         }
     }
 }
 
+fn serialize_bytes<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    name: &'static str,
+    b64_name: &'static str,
+    bytes: Option<&[u8]>,
+) -> Result<(), M::Error> {
+    let encoded = bytes.map(encode_bytes);
+    map.serialize_entry(name, &encoded.as_ref().map(|e| &e.text))?;
+    if let Some(b64) = encoded.as_ref().and_then(|e| e.b64.as_ref()) {
+        map.serialize_entry(b64_name, b64)?;
+    }
+    Ok(())
+}
+
 impl<P: PathPrefix> Serialize for PathField<P> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let encoded = self.bytes.as_deref().map(encode_bytes);
-        let extra = encoded.as_ref().is_some_and(|e| e.b64.is_some());
-        let mut map = serializer.serialize_map(Some(3 + usize::from(extra)))?;
-        map.serialize_entry(P::PATH, &encoded.as_ref().map(|e| &e.text))?;
-        if let Some(b64) = encoded.as_ref().and_then(|e| e.b64.as_ref()) {
-            map.serialize_entry(P::B64, b64)?;
-        }
-        map.serialize_entry(P::TRUNCATED, &self.truncated)?;
-        map.serialize_entry(P::ERROR, &self.error)?;
+        let n = &P::NAMES;
+        let mut map = serializer.serialize_map(None)?;
+        serialize_bytes(&mut map, n.path, n.b64, self.bytes.as_deref())?;
+        map.serialize_entry(n.truncated, &self.truncated)?;
+        map.serialize_entry(n.error, &self.error)?;
+        serialize_bytes(
+            &mut map,
+            n.resolved,
+            n.resolved_b64,
+            self.resolved.as_deref(),
+        )?;
+        map.serialize_entry(n.resolution, self.resolution)?;
+        map.serialize_entry(n.resolution_error, &self.resolution_error)?;
+        serialize_bytes(&mut map, n.at_exit, n.at_exit_b64, self.at_exit.as_deref())?;
         map.end()
     }
 }
@@ -175,11 +289,111 @@ fn read_error_name(read_error: i32) -> Option<Cow<'static, str>> {
     (read_error < 0).then(|| names::errno_name(-read_error))
 }
 
+/// "major:minor" of a kernel-encoded dev_t (major << 20 | minor).
+pub fn kernel_dev(dev: u32) -> String {
+    format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+}
+
+pub fn file_type_name(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "regular",
+        libc::S_IFDIR => "directory",
+        libc::S_IFLNK => "symlink",
+        libc::S_IFCHR => "char_device",
+        libc::S_IFBLK => "block_device",
+        libc::S_IFIFO => "fifo",
+        libc::S_IFSOCK => "socket",
+        _ => "unknown",
+    }
+}
+
+impl FileInfo {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        facts_from: &'static str,
+        dev: String,
+        ino: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        nlink: u32,
+    ) -> Self {
+        Self {
+            facts_from,
+            dev,
+            ino,
+            file_type: file_type_name(mode),
+            mode,
+            permissions: format!("{:04o}", mode & 0o7777),
+            setuid: mode & libc::S_ISUID != 0,
+            setgid: mode & libc::S_ISGID != 0,
+            uid,
+            gid,
+            nlink,
+        }
+    }
+}
+
+fn path_field<P>(
+    raw: Option<&[u8]>,
+    arg: &PathArg,
+    base: &BaseInfo,
+    base_segment: &[u8],
+    at_exit_segment: Option<&[u8]>,
+) -> PathField<P> {
+    let mut field = PathField::new(
+        raw,
+        arg.flags & PATH_TRUNCATED != 0,
+        read_error_name(arg.read_error),
+    );
+    let resolution = resolve::resolve(base, raw, base_segment);
+    field.resolved = resolution.path;
+    field.resolution = resolution.how;
+    field.resolution_error = resolution.error;
+    field.at_exit = at_exit_segment.map(<[u8]>::to_vec);
+    field
+}
+
 impl LinkEvent {
     pub fn from_record(record: &LinkRecord<'_>, seq: u64, clock: &WallClock) -> Self {
-        let h = &record.header;
+        let full = &record.header;
+        let h = &full.call;
         let success = h.ret == 0;
         let comm = encode_bytes(trim_nul(&h.comm));
+        let seg = &record.segments;
+        // A walk longer than a segment holds leaves garbage: report too_long.
+        let fits = |index: usize| full.walked_len[index] as usize <= PATH_KEEP_MAX;
+        let too_long = |base: &BaseInfo, index: usize| {
+            let mut base = *base;
+            if !fits(index) {
+                base.error = link_trace_common::RESOLVE_TOO_LONG;
+            }
+            base
+        };
+        let new_base_index = if full.new_base.flags & BASE_SAME_AS_OLD != 0 {
+            SEG_OLD_BASE
+        } else {
+            SEG_NEW_BASE
+        };
+        let old_base = too_long(&full.old_base, SEG_OLD_BASE);
+        let new_base = too_long(&full.new_base, new_base_index);
+        let changed = |bit: u32| full.toctou & bit != 0;
+        let p = &full.process;
+        let has = |bit: u32| p.valid & bit != 0;
+        let exe = (has(CTX_EXE) && fits(SEG_EXE)).then(|| encode_bytes(seg[SEG_EXE]));
+        let audit = |value: u32| (has(CTX_AUDIT) && value != u32::MAX).then_some(value);
+        let file = (full.file.valid == 1).then(|| {
+            let f = &full.file;
+            FileInfo::new(
+                "kernel",
+                kernel_dev(f.dev),
+                f.ino,
+                f.mode,
+                f.uid,
+                f.gid,
+                f.nlink,
+            )
+        });
         Self {
             schema_version: SCHEMA_VERSION,
             seq,
@@ -191,16 +405,20 @@ impl LinkEvent {
                 SyscallId::Linkat => "linkat",
             },
             olddirfd: h.olddirfd,
-            oldpath: PathField::new(
+            oldpath: path_field(
                 record.old_path,
-                h.old.flags & PATH_TRUNCATED != 0,
-                read_error_name(h.old.read_error),
+                &h.old,
+                &old_base,
+                seg[SEG_OLD_BASE],
+                changed(OLD_CHANGED_AT_EXIT).then_some(seg[SEG_OLD_AT_EXIT]),
             ),
             newdirfd: h.newdirfd,
-            newpath: PathField::new(
+            newpath: path_field(
                 record.new_path,
-                h.new.flags & PATH_TRUNCATED != 0,
-                read_error_name(h.new.read_error),
+                &h.new,
+                &new_base,
+                seg[new_base_index],
+                changed(NEW_CHANGED_AT_EXIT).then_some(seg[SEG_NEW_AT_EXIT]),
             ),
             flags: h.flags,
             flag_names: names::flag_names(h.flags),
@@ -213,6 +431,27 @@ impl LinkEvent {
             gid: h.gid,
             comm: comm.text,
             comm_b64: comm.b64,
+            args_changed: changed(OLD_CHANGED_AT_EXIT | NEW_CHANGED_AT_EXIT),
+            process: ProcessInfo {
+                ppid: has(CTX_PPID).then_some(p.ppid),
+                euid: has(CTX_CREDS).then_some(p.euid),
+                egid: has(CTX_CREDS).then_some(p.egid),
+                fsuid: has(CTX_CREDS).then_some(p.fsuid),
+                fsgid: has(CTX_CREDS).then_some(p.fsgid),
+                auid: audit(p.auid),
+                sessionid: audit(p.sessionid),
+                exe: exe.as_ref().map(|e| e.text.clone()),
+                exe_b64: exe.and_then(|e| e.b64),
+                cgroup_id: p.cgroup_id,
+                cgroup_path: None,
+                container_id: None,
+                mnt_ns: has(CTX_MNT_NS).then_some(p.mnt_ns),
+                pid_ns: has(CTX_PID_NS).then_some(p.pid_ns),
+            },
+            file,
+            file_error: None,
+            new_file: None,
+            inode_mismatch: None,
         }
     }
 }
@@ -249,11 +488,24 @@ pub(crate) fn sample_event(
         comm: *b"ln\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
         ..Default::default()
     };
+    let mut full = LinkRecordHeader {
+        call: header,
+        ..Default::default()
+    };
+    full.seg_len[0] = header.old.len;
+    full.seg_len[1] = header.new.len;
+    full.old_base.kind = link_trace_common::BASE_ABSOLUTE;
+    full.new_base.kind = link_trace_common::BASE_DIRFD;
+    let mut segments: [&[u8]; link_trace_common::SEG_COUNT] = [&[]; link_trace_common::SEG_COUNT];
+    segments[0] = old.unwrap_or_default();
+    segments[1] = new.unwrap_or_default();
+    segments[SEG_NEW_BASE] = b"/base";
     let record = LinkRecord {
-        header,
+        header: full,
         syscall: SyscallId::Linkat,
         old_path: old,
         new_path: new,
+        segments,
     };
     LinkEvent::from_record(&record, 3, &WallClock::with_offset(0))
 }

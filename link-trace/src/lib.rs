@@ -4,6 +4,7 @@
 //! `capture` (ring buffer to records), `event` (the JSON model), `output`
 //! (the writer thread), `stats` (loss accounting), tied together by `daemon`.
 
+pub mod btf;
 pub mod capture;
 pub mod cli;
 pub mod clock;
@@ -13,6 +14,7 @@ pub mod klog;
 pub mod loader;
 pub mod names;
 pub mod output;
+pub mod resolve;
 pub mod stats;
 
 /// An error and its causes on one line: "a: b: c".

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use link_trace_common::{FILTER_COMM, FILTER_TGID, FILTER_UID, TASK_COMM_LEN};
+use link_trace_common::{FILTER_COMM, FILTER_TGID, FILTER_UID, KernelOffsets, TASK_COMM_LEN};
 
 use crate::cli::Cli;
 
@@ -109,7 +109,28 @@ pub fn load(cli: &Cli) -> Result<Tracer, LoadError> {
             filter_flags |= flag;
         }
     }
+    // Kernel struct layouts from this kernel's BTF. Without BTF the programs
+    // still capture every call; they just resolve nothing (events say why).
+    let offsets = match crate::btf::Btf::from_sys_fs()
+        .and_then(|btf| crate::btf::kernel_offsets(&btf))
+    {
+        Ok(offsets) => offsets,
+        Err(e) => {
+            eprintln!(
+                "link-trace: warning: {e}; paths will not be resolved and process context is limited"
+            );
+            KernelOffsets::default()
+        }
+    };
+    // OUT is indexed by CPU id. The possible-CPU mask is contiguous from 0 in
+    // practice; a CPU id beyond it would fail its lookup, which is counted
+    // (scratch_unavailable), never silent.
+    let cpu_slots = aya::util::nr_cpus()
+        .map_err(|(_, e)| setup_err("count possible CPUs")(e.to_string()))?
+        as u32;
     let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .map_max_entries("OUT", cpu_slots)
         .override_global("TRACER_TGID", &tracer_tgid, true)
         .override_global("FILTER_FLAGS", &filter_flags, true)
         .map_max_entries("EVENTS", cli.ring_bytes)

@@ -1,0 +1,588 @@
+//! Reads the caller's context from kernel structs at syscall exit: process
+//! identity, the directories relative paths resolve against (walked to
+//! absolute paths across mounts), the executable, file facts for
+//! AT_EMPTY_PATH, and an exit-time re-read of the path arguments.
+//!
+//! Member offsets come from the running kernel's BTF, filled into OFFSETS by
+//! the loader; nothing here assumes one kernel's layout.
+
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task,
+        generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user_str},
+    },
+};
+use link_trace_common::{
+    AT_FDCWD, BASE_ABSOLUTE, BASE_CWD, BASE_DIRFD, BASE_FD_FILE, BASE_NONE, BASE_ROOT,
+    BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS, CTX_PID_NS, CTX_PPID,
+    FileFacts, KernelOffsets, NAME_MAX, NEW_CHANGED_AT_EXIT, NEW_REREAD_FAILED,
+    OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OUT_OFFSET_MASK, OutRecord, PATH_KEEP_MAX,
+    PATH_READ_FAILED, PATH_READ_MAX, PendingCall, ProcessContext, RESOLVE_BAD_FD, RESOLVE_DELETED,
+    RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT, RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK,
+    RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE, SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT,
+    SEG_OLD_BASE, WALK_CAP, WALK_END, WALK_MAX_DEPTH,
+};
+
+/// Filled in by the loader from BTF (see link-trace/src/btf.rs).
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: a read of a plain integer in .rodata; volatile so the
+        // compiler does not fold the zero it sees at build time.
+        (unsafe { core::ptr::read_volatile(&raw const OFFSETS.$field) }) as u64
+    };
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+const AT_EMPTY_PATH: u32 = 0x1000;
+/// Bytes of a walked path or re-read argument kept in a segment.
+const SEG_MAX: usize = PATH_KEEP_MAX;
+
+type Walk = [u8; WALK_CAP];
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Result<T, u8> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper copes with any kernel address and fills `value` on success.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const _,
+        )
+    };
+    if ret == 0 {
+        // SAFETY: filled by the successful read above.
+        Ok(unsafe { value.assume_init() })
+    } else {
+        Err(RESOLVE_READ_FAILED)
+    }
+}
+
+#[inline(always)]
+fn ptr(addr: u64) -> Result<u64, u8> {
+    let value = read::<u64>(addr)?;
+    if value == 0 {
+        Err(RESOLVE_READ_FAILED)
+    } else {
+        Ok(value)
+    }
+}
+
+pub fn offsets_ready() -> bool {
+    off!(ready) == 1
+}
+
+/// Fills everything beyond the raw call; returns the record's data length.
+/// The running data length lives in `out.header.call.record_len` (map
+/// memory), not in a register: the verifier does not track map memory, so
+/// the many ways a record can grow do not multiply its states.
+#[inline(always)]
+pub fn enrich(call: &PendingCall, out: &mut OutRecord, walk: &mut Walk) {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    out.header.process = process_context(task);
+    out.header.file = FileFacts::default();
+
+    let h = &call.header;
+    let old = base_for(
+        h.olddirfd,
+        h.flags & AT_EMPTY_PATH != 0,
+        h.old.flags,
+        first_byte(call, 0, h.old.len),
+    );
+    let new_first = first_byte(call, h.old.len as usize, h.new.len);
+    let new = base_for(h.newdirfd, false, h.new.flags, new_first);
+    out.header.old_base = BaseInfo {
+        kind: old.kind,
+        ..Default::default()
+    };
+    out.header.new_base = BaseInfo {
+        kind: new.kind,
+        ..Default::default()
+    };
+
+    // The old path's base, walked once; the new one reuses it when equal.
+    place_base(task, out, walk, &old, true);
+    let same = new.kind == old.kind
+        && matches!(new.kind, BASE_CWD | BASE_DIRFD | BASE_ROOT)
+        && (new.kind == BASE_ROOT || new.dirfd == old.dirfd);
+    if same {
+        out.header.new_base = BaseInfo {
+            flags: BASE_SAME_AS_OLD,
+            ..out.header.old_base
+        };
+    } else {
+        place_base(task, out, walk, &new, false);
+    }
+
+    if let Ok(walked) = exe_path(task) {
+        append_walk(out, SEG_EXE, walk, walked);
+        out.header.process.valid |= CTX_EXE;
+    }
+
+    recheck(call, out, walk, true);
+    recheck(call, out, walk, false);
+}
+
+#[inline(always)]
+fn first_byte(call: &PendingCall, at: usize, len: u16) -> Option<u8> {
+    if len == 0 || at > PATH_KEEP_MAX {
+        return None;
+    }
+    call.paths.get(at).copied()
+}
+
+struct Base {
+    kind: u8,
+    dirfd: i32,
+    /// Why there is nothing to resolve, when kind is BASE_NONE.
+    error: u8,
+}
+
+#[inline(always)]
+fn base_for(dirfd: i32, empty_path_flag: bool, arg_flags: u16, first: Option<u8>) -> Base {
+    if arg_flags & PATH_READ_FAILED != 0 {
+        return Base {
+            kind: BASE_NONE,
+            dirfd,
+            error: RESOLVE_NO_ARGUMENT,
+        };
+    }
+    let kind = match first {
+        None if empty_path_flag => BASE_FD_FILE,
+        // Walked like a base: a root that walks to "/" makes it plain absolute.
+        Some(b'/') => BASE_ROOT,
+        _ if dirfd == AT_FDCWD => BASE_CWD,
+        _ => BASE_DIRFD,
+    };
+    Base {
+        kind,
+        dirfd,
+        error: RESOLVE_OK,
+    }
+}
+
+/// Resolves one argument's base and appends it; a root that is "/" turns
+/// BASE_ROOT into BASE_ABSOLUTE with no segment.
+#[inline(always)]
+fn place_base(task: u64, out: &mut OutRecord, walk: &Walk, base: &Base, old: bool) {
+    let seg = if old { SEG_OLD_BASE } else { SEG_NEW_BASE };
+    let result = resolve(task, base, out);
+    let info = if old {
+        &mut out.header.old_base
+    } else {
+        &mut out.header.new_base
+    };
+    match result {
+        Ok((_, walked)) if base.kind == BASE_ROOT && walked <= 1 => info.kind = BASE_ABSOLUTE,
+        Ok(walked) => append_walk(out, seg, walk, walked),
+        Err(error) => info.error = error,
+    }
+}
+
+/// Walks the base of one argument into `walk`; returns where the path starts.
+#[inline(always)]
+fn resolve(task: u64, base: &Base, out: &mut OutRecord) -> Result<(usize, u16), u8> {
+    let fs = || ptr(task + off!(task_fs));
+    let (mnt, dentry) = match base.kind {
+        BASE_NONE => return Err(base.error),
+        BASE_ABSOLUTE => return Err(RESOLVE_OK),
+        BASE_CWD => {
+            let pwd = fs()? + off!(fs_pwd);
+            (ptr(pwd + off!(path_mnt))?, ptr(pwd + off!(path_dentry))?)
+        }
+        BASE_ROOT => {
+            let root = fs()? + off!(fs_root);
+            (ptr(root + off!(path_mnt))?, ptr(root + off!(path_dentry))?)
+        }
+        _ => {
+            let file = fd_file(task, base.dirfd)?;
+            let inode = ptr(file + off!(file_f_inode))?;
+            let mode = read::<u16>(inode + off!(inode_i_mode))? as u32;
+            if base.kind == BASE_FD_FILE {
+                out.header.file = file_facts(inode)?;
+            } else if mode & S_IFMT != S_IFDIR {
+                return Err(RESOLVE_NOT_A_DIRECTORY);
+            }
+            let path = file + off!(file_f_path);
+            (ptr(path + off!(path_mnt))?, ptr(path + off!(path_dentry))?)
+        }
+    };
+    if base.kind != BASE_FD_FILE && unlinked(dentry)? {
+        return Err(RESOLVE_DELETED);
+    }
+    walk_path(mnt, dentry)
+}
+
+/// The `struct file` open on `fd` in the current task.
+#[inline(always)]
+fn fd_file(task: u64, fd: i32) -> Result<u64, u8> {
+    if fd < 0 {
+        return Err(RESOLVE_BAD_FD);
+    }
+    let files = ptr(task + off!(task_files))?;
+    let fdt = ptr(files + off!(files_fdt))?;
+    let max_fds = read::<u32>(fdt + off!(fdt_max_fds))?;
+    if fd as u32 >= max_fds {
+        return Err(RESOLVE_BAD_FD);
+    }
+    let table = ptr(fdt + off!(fdt_fd))?;
+    ptr(table + fd as u64 * 8).map_err(|_| RESOLVE_BAD_FD)
+}
+
+/// d_unlinked(): hashed out of the dcache and not a root.
+#[inline(always)]
+fn unlinked(dentry: u64) -> Result<bool, u8> {
+    let parent = ptr(dentry + off!(dentry_d_parent))?;
+    let pprev = read::<u64>(dentry + off!(dentry_d_hash_pprev))?;
+    Ok(parent != dentry && pprev == 0)
+}
+
+/// State of one path walk, on the stack of the program that calls bpf_loop.
+#[repr(C)]
+struct WalkState {
+    mount: u64,
+    dentry: u64,
+    mnt_root: u64,
+    /// Where the path starts in WALK, kept masked (never compared) so the
+    /// verifier can widen it and the loop body converges in a few passes.
+    pos: u64,
+    /// Bytes written so far; checked by the decoder, not here.
+    total: u64,
+    /// WALK_RUNNING, WALK_DONE or a RESOLVE_* error.
+    status: u64,
+}
+const WALK_RUNNING: u64 = 0;
+const WALK_DONE: u64 = 0xff;
+
+/// Builds the absolute path of (mnt, dentry) back to front, ending at
+/// WALK_END, crossing mount points up to the mount namespace's root (d_path
+/// without the chroot cut-off). Returns (start offset, walked length).
+#[inline(always)]
+fn walk_path(vfsmnt: u64, dentry: u64) -> Result<(usize, u16), u8> {
+    let mut state = WalkState {
+        mount: vfsmnt - off!(mount_mnt),
+        dentry,
+        mnt_root: ptr(vfsmnt + off!(vfsmount_mnt_root))?,
+        pos: WALK_END as u64,
+        total: 0,
+        status: WALK_RUNNING,
+    };
+    // SAFETY: walk_step matches bpf_loop's callback contract and only
+    // touches `state` through the pointer it is given.
+    unsafe {
+        bpf_loop(
+            WALK_MAX_DEPTH,
+            walk_step as *mut c_void,
+            (&raw mut state).cast(),
+            0,
+        )
+    };
+    match state.status {
+        WALK_DONE => {
+            let walk = crate::WALK.get_ptr_mut(0).ok_or(RESOLVE_READ_FAILED)?;
+            // SAFETY: this CPU's scratch slot.
+            let walk = unsafe { &mut *walk };
+            let mut pos = (state.pos & 0xfff) as usize;
+            if state.total == 0 {
+                pos = WALK_END - 1;
+                walk[pos] = b'/';
+            }
+            Ok((pos, (state.total.max(1)) as u16))
+        }
+        WALK_RUNNING => Err(RESOLVE_DEPTH_LIMIT),
+        error => Err(error as u8),
+    }
+}
+
+/// One step up the tree; returns 1 to stop the loop.
+extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the WalkState pointer walk_path gave it.
+    let state = unsafe { &mut *ctx.cast::<WalkState>() };
+    match step(state) {
+        Ok(true) => 0,
+        Ok(false) => {
+            state.status = WALK_DONE;
+            1
+        }
+        Err(error) => {
+            state.status = error as u64;
+            1
+        }
+    }
+}
+
+/// Ok(true) to go on, Ok(false) when the namespace root is reached.
+#[inline(always)]
+fn step(state: &mut WalkState) -> Result<bool, u8> {
+    if state.dentry == state.mnt_root {
+        let parent = ptr(state.mount + off!(mount_mnt_parent))?;
+        if parent == state.mount {
+            return Ok(false);
+        }
+        state.dentry = ptr(state.mount + off!(mount_mnt_mountpoint))?;
+        state.mount = parent;
+        state.mnt_root = ptr(parent + off!(mount_mnt) + off!(vfsmount_mnt_root))?;
+        return Ok(true);
+    }
+    let parent = ptr(state.dentry + off!(dentry_d_parent))?;
+    if parent == state.dentry {
+        return Ok(false);
+    }
+    let len = read::<u32>(state.dentry + off!(dentry_d_name_len))? as u64;
+    let name = ptr(state.dentry + off!(dentry_d_name_name))?;
+    if len > NAME_MAX as u64 {
+        return Err(RESOLVE_TOO_LONG);
+    }
+    let walk = crate::WALK.get_ptr_mut(0).ok_or(RESOLVE_READ_FAILED)?;
+    // SAFETY: this CPU's scratch slot.
+    let walk = unsafe { &mut *walk };
+    let pos = state.pos.wrapping_sub(len + 1) & 0xfff;
+    // SAFETY: (pos + 1) & 0x1fff < 4097 and len <= 255, inside WALK_CAP.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            walk.as_mut_ptr().add(((pos + 1) & 0x1fff) as usize).cast(),
+            len as u32,
+            name as *const _,
+        )
+    };
+    if ret != 0 {
+        return Err(RESOLVE_READ_FAILED);
+    }
+    walk[(pos & 0xfff) as usize] = b'/';
+    state.pos = pos;
+    state.total += len + 1;
+    state.dentry = parent;
+    Ok(true)
+}
+
+/// Copies walk[start..WALK_END] into the record as segment `seg`, noting
+/// the walked length for the decoder's overflow check.
+#[inline(always)]
+fn append_walk(out: &mut OutRecord, seg: usize, walk: &Walk, (start, walked): (usize, u16)) {
+    let start = start & 0xfff;
+    let len = WALK_END - start;
+    if seg < out.header.walked_len.len() {
+        out.header.walked_len[seg] = walked;
+    }
+    // SAFETY: start <= 4095, so start + len == WALK_END <= WALK_CAP.
+    append(out, seg, unsafe { walk.as_ptr().add(start) }, len);
+}
+
+/// Copies `len` bytes of kernel memory at `src` to the end of the record's
+/// data as segment `seg`.
+#[inline(always)]
+pub fn append(out: &mut OutRecord, seg: usize, src: *const u8, len: usize) {
+    let off = out.header.call.record_len as usize;
+    if len > SEG_MAX || off > OUT_OFFSET_MASK || seg >= out.header.seg_len.len() {
+        return;
+    }
+    // SAFETY: (off & OUT_OFFSET_MASK) + len <= 32767 + 4096 < OUT_DATA_CAP.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            out.data.as_mut_ptr().add(off & OUT_OFFSET_MASK).cast(),
+            len as u32,
+            src.cast(),
+        )
+    };
+    if ret == 0 {
+        out.header.seg_len[seg] = len as u16;
+        out.header.call.record_len = (off + len) as u32;
+    }
+}
+
+#[inline(always)]
+fn process_context(task: u64) -> ProcessContext {
+    let mut ctx = ProcessContext {
+        auid: u32::MAX,
+        sessionid: u32::MAX,
+        // SAFETY: plain helper call.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        ..Default::default()
+    };
+    if let Ok(parent) = ptr(task + off!(task_real_parent))
+        && let Ok(ppid) = read::<u32>(parent + off!(task_tgid))
+    {
+        ctx.ppid = ppid;
+        ctx.valid |= CTX_PPID;
+    }
+    if let Ok(cred) = ptr(task + off!(task_cred))
+        && let (Ok(euid), Ok(egid), Ok(fsuid), Ok(fsgid)) = (
+            read::<u32>(cred + off!(cred_euid)),
+            read::<u32>(cred + off!(cred_egid)),
+            read::<u32>(cred + off!(cred_fsuid)),
+            read::<u32>(cred + off!(cred_fsgid)),
+        )
+    {
+        (ctx.euid, ctx.egid, ctx.fsuid, ctx.fsgid) = (euid, egid, fsuid, fsgid);
+        ctx.valid |= CTX_CREDS;
+    }
+    if off!(optional) as u32 & CTX_AUDIT != 0
+        && let (Ok(auid), Ok(sessionid)) = (
+            read::<u32>(task + off!(task_loginuid)),
+            read::<u32>(task + off!(task_sessionid)),
+        )
+    {
+        (ctx.auid, ctx.sessionid) = (auid, sessionid);
+        ctx.valid |= CTX_AUDIT;
+    }
+    if let Ok(nsproxy) = ptr(task + off!(task_nsproxy))
+        && let Ok(mnt_ns) = ptr(nsproxy + off!(nsproxy_mnt_ns))
+        && let Ok(inum) = read::<u32>(mnt_ns + off!(mnt_ns_inum))
+    {
+        ctx.mnt_ns = inum;
+        ctx.valid |= CTX_MNT_NS;
+    }
+    if let Ok(pid) = ptr(task + off!(task_thread_pid))
+        && let Ok(level) = read::<u32>(pid + off!(pid_level))
+        && level < 32
+        && let Ok(ns) =
+            ptr(pid + off!(pid_numbers) + level as u64 * off!(upid_size) + off!(upid_ns))
+        && let Ok(inum) = read::<u32>(ns + off!(pid_ns_inum))
+    {
+        ctx.pid_ns = inum;
+        ctx.valid |= CTX_PID_NS;
+    }
+    ctx
+}
+
+#[inline(always)]
+fn file_facts(inode: u64) -> Result<FileFacts, u8> {
+    let sb = ptr(inode + off!(inode_i_sb))?;
+    Ok(FileFacts {
+        ino: read::<u64>(inode + off!(inode_i_ino))?,
+        dev: read::<u32>(sb + off!(sb_s_dev))?,
+        mode: read::<u16>(inode + off!(inode_i_mode))? as u32,
+        uid: read::<u32>(inode + off!(inode_i_uid))?,
+        gid: read::<u32>(inode + off!(inode_i_gid))?,
+        nlink: read::<u32>(inode + off!(inode_i_nlink))?,
+        valid: 1,
+    })
+}
+
+#[inline(always)]
+fn exe_path(task: u64) -> Result<(usize, u16), u8> {
+    let mm = ptr(task + off!(task_mm))?;
+    let exe = ptr(mm + off!(mm_exe_file))?;
+    let path = exe + off!(file_f_path);
+    walk_path(ptr(path + off!(path_mnt))?, ptr(path + off!(path_dentry))?)
+}
+
+/// Re-reads one user argument at exit and, if it differs from what entry
+/// saw, sets the TOCTOU bit and appends the exit-time value.
+#[inline(always)]
+fn recheck(call: &PendingCall, out: &mut OutRecord, walk: &mut Walk, old: bool) {
+    let h = &call.header;
+    let (arg, user, at, seg, changed, failed) = if old {
+        (
+            h.old,
+            call.old_ptr,
+            0usize,
+            SEG_OLD_AT_EXIT,
+            OLD_CHANGED_AT_EXIT,
+            OLD_REREAD_FAILED,
+        )
+    } else {
+        (
+            h.new,
+            call.new_ptr,
+            h.old.len as usize,
+            SEG_NEW_AT_EXIT,
+            NEW_CHANGED_AT_EXIT,
+            NEW_REREAD_FAILED,
+        )
+    };
+    if arg.flags & PATH_READ_FAILED != 0 {
+        return;
+    }
+    // SAFETY: walk has WALK_CAP >= PATH_READ_MAX bytes; any user pointer is fine.
+    let ret = unsafe {
+        bpf_probe_read_user_str(
+            walk.as_mut_ptr().cast(),
+            PATH_READ_MAX as u32,
+            user as *const _,
+        )
+    };
+    if ret < 0 {
+        out.header.toctou |= failed;
+        return;
+    }
+    let now_len = (ret as usize).saturating_sub(1).min(PATH_KEEP_MAX);
+    if now_len == arg.len as usize && same_bytes(call, at, now_len) {
+        return;
+    }
+    out.header.toctou |= changed;
+    append(out, seg, walk.as_ptr(), now_len);
+}
+
+struct CompareState {
+    entry: *const PendingCall,
+    /// Offset of the argument in the entry's paths.
+    at: u64,
+    len: u64,
+    equal: u64,
+}
+
+/// Whether call.paths[at..at+len] equals walk[..len], 8 bytes per bpf_loop
+/// step (a plain loop this long costs the verifier far too much).
+#[inline(always)]
+fn same_bytes(call: &PendingCall, at: usize, len: usize) -> bool {
+    if at > PATH_KEEP_MAX || len > PATH_KEEP_MAX {
+        return false;
+    }
+    let mut state = CompareState {
+        entry: call,
+        at: at as u64,
+        len: len as u64,
+        equal: 1,
+    };
+    // SAFETY: compare_step matches bpf_loop's callback contract.
+    unsafe {
+        bpf_loop(
+            len.div_ceil(8) as u32,
+            compare_step as *mut c_void,
+            (&raw mut state).cast(),
+            0,
+        )
+    };
+    state.equal == 1
+}
+
+extern "C" fn compare_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the CompareState pointer same_bytes gave it.
+    let state = unsafe { &mut *ctx.cast::<CompareState>() };
+    let Some(walk) = crate::WALK.get_ptr(0) else {
+        state.equal = 0;
+        return 1;
+    };
+    // SAFETY: the entry outlives the loop; WALK is this CPU's slot.
+    let (entry, walk) = unsafe { (&*state.entry, &*walk) };
+    let offset = index * 8;
+    let rest = state.len.saturating_sub(offset);
+    let mask = if rest >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (rest * 8)) - 1
+    };
+    let a = word(&entry.paths, ((state.at + offset) & 0x1fff) as usize);
+    let b = word(walk, (offset & 0x1fff) as usize);
+    if (a ^ b) & mask != 0 {
+        state.equal = 0;
+        return 1;
+    }
+    0
+}
+
+#[inline(always)]
+fn word(bytes: &[u8], at: usize) -> u64 {
+    match bytes.get(at..at + 8) {
+        // SAFETY: eight bytes, read unaligned.
+        Some(chunk) => unsafe { core::ptr::read_unaligned(chunk.as_ptr().cast::<u64>()) },
+        None => 0,
+    }
+}

@@ -1,0 +1,405 @@
+//! Member offsets of kernel structs, read from the running kernel's BTF
+//! (/sys/kernel/btf/vmlinux), so no layout is hard-coded for one kernel.
+//!
+//! A small reader of its own: the programs need only named struct members
+//! (through anonymous unions and structs), and the available BTF crates are
+//! either LGPL or keep their type tables private.
+
+use std::collections::HashMap;
+
+use link_trace_common::{CTX_AUDIT, KernelOffsets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF has no member {member} in struct {strukt}")]
+    NoMember { strukt: String, member: String },
+}
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Type {
+    name_off: u32,
+    kind: u32,
+    /// size for structs and unions, referenced type for modifiers.
+    size_or_type: u32,
+    members: Vec<Member>,
+}
+
+pub struct Btf {
+    /// Indexed by type id; id 0 is void.
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    structs_by_name: HashMap<String, u32>,
+}
+
+fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    data.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+impl Btf {
+    pub fn from_sys_fs() -> Result<Self, BtfError> {
+        let path = "/sys/kernel/btf/vmlinux";
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
+            return Err(BtfError::Malformed(
+                "bad magic (only little-endian BTF is supported)",
+            ));
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let types_data = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(BtfError::Malformed("type section out of bounds"))?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Malformed("string section out of bounds"))?
+            .to_vec();
+
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
+        let mut at = 0;
+        while at < types_data.len() {
+            let name_off = u32_at(types_data, at)?;
+            let info = u32_at(types_data, at + 4)?;
+            let size_or_type = u32_at(types_data, at + 8)?;
+            at += 12;
+            let (kind, vlen, kind_flag) =
+                ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
+            let mut members = Vec::new();
+            // Bytes of kind-specific data after the common part.
+            let extra = match kind {
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let m = at + i * 12;
+                        let offset = u32_at(types_data, m + 8)?;
+                        members.push(Member {
+                            name_off: u32_at(types_data, m)?,
+                            type_id: u32_at(types_data, m + 4)?,
+                            bit_offset: if kind_flag == 1 {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
+                        });
+                    }
+                    vlen * 12
+                }
+                6 | 13 => vlen * 8,   // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12, // DATASEC, ENUM64
+                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+                _ => return Err(BtfError::Malformed("unknown type kind")),
+            };
+            at += extra;
+            types.push(Type {
+                name_off,
+                kind,
+                size_or_type,
+                members,
+            });
+        }
+        let mut btf = Btf {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
+        for (id, ty) in btf.types.iter().enumerate() {
+            if ty.kind == KIND_STRUCT && ty.name_off != 0 {
+                let name = btf.name(ty.name_off).to_owned();
+                // Keep the first (the complete definition comes first in vmlinux).
+                btf.structs_by_name.entry(name).or_insert(id as u32);
+            }
+        }
+        Ok(btf)
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let ty = self.types.get(id as usize)?;
+            match ty.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = ty.size_or_type
+                }
+                _ => return Some(ty),
+            }
+        }
+        None
+    }
+
+    /// Bit offset of a named member, looking inside anonymous structs and
+    /// unions; returns the member's type id too.
+    fn find_member(&self, ty: &Type, name: &str) -> Option<(u32, u32)> {
+        for member in &ty.members {
+            let member_name = self.name(member.name_off);
+            if member_name == name {
+                return Some((member.bit_offset, member.type_id));
+            }
+            if member_name.is_empty()
+                && let Some(inner) = self.resolve(member.type_id)
+                && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some((bits, id)) = self.find_member(inner, name)
+            {
+                return Some((member.bit_offset + bits, id));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `strukt.a.b.c` (a chain of embedded members).
+    pub fn offset(&self, strukt: &str, chain: &[&str]) -> Result<u32, BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let mut ty = self
+            .resolve(id)
+            .ok_or(BtfError::Malformed("dangling struct id"))?;
+        let mut bits = 0;
+        for (i, member) in chain.iter().enumerate() {
+            let (member_bits, member_type) =
+                self.find_member(ty, member)
+                    .ok_or_else(|| BtfError::NoMember {
+                        strukt: strukt.into(),
+                        member: chain[..=i].join("."),
+                    })?;
+            bits += member_bits;
+            if i + 1 < chain.len() {
+                ty = self
+                    .resolve(member_type)
+                    .ok_or(BtfError::Malformed("dangling member type"))?;
+            }
+        }
+        if bits % 8 != 0 {
+            return Err(BtfError::Malformed("member is a bitfield"));
+        }
+        Ok(bits / 8)
+    }
+
+    pub fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        Ok(self.resolve(id).map_or(0, |ty| ty.size_or_type))
+    }
+}
+
+/// Everything the programs read, from this kernel's BTF. Audit fields are
+/// optional (CONFIG_AUDIT); anything else missing is an error.
+pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let o = |strukt: &str, chain: &[&str]| btf.offset(strukt, chain);
+    let mut offsets = KernelOffsets {
+        ready: 1,
+        task_real_parent: o("task_struct", &["real_parent"])?,
+        task_tgid: o("task_struct", &["tgid"])?,
+        task_fs: o("task_struct", &["fs"])?,
+        task_files: o("task_struct", &["files"])?,
+        task_mm: o("task_struct", &["mm"])?,
+        task_cred: o("task_struct", &["cred"])?,
+        task_nsproxy: o("task_struct", &["nsproxy"])?,
+        task_thread_pid: o("task_struct", &["thread_pid"])?,
+        cred_euid: o("cred", &["euid"])?,
+        cred_egid: o("cred", &["egid"])?,
+        cred_fsuid: o("cred", &["fsuid"])?,
+        cred_fsgid: o("cred", &["fsgid"])?,
+        fs_root: o("fs_struct", &["root"])?,
+        fs_pwd: o("fs_struct", &["pwd"])?,
+        path_mnt: o("path", &["mnt"])?,
+        path_dentry: o("path", &["dentry"])?,
+        files_fdt: o("files_struct", &["fdt"])?,
+        fdt_max_fds: o("fdtable", &["max_fds"])?,
+        fdt_fd: o("fdtable", &["fd"])?,
+        file_f_path: o("file", &["f_path"])?,
+        file_f_inode: o("file", &["f_inode"])?,
+        dentry_d_parent: o("dentry", &["d_parent"])?,
+        dentry_d_name_len: o("dentry", &["d_name", "len"])?,
+        dentry_d_name_name: o("dentry", &["d_name", "name"])?,
+        dentry_d_hash_pprev: o("dentry", &["d_hash", "pprev"])?,
+        mount_mnt_parent: o("mount", &["mnt_parent"])?,
+        mount_mnt_mountpoint: o("mount", &["mnt_mountpoint"])?,
+        mount_mnt: o("mount", &["mnt"])?,
+        vfsmount_mnt_root: o("vfsmount", &["mnt_root"])?,
+        inode_i_mode: o("inode", &["i_mode"])?,
+        inode_i_uid: o("inode", &["i_uid"])?,
+        inode_i_gid: o("inode", &["i_gid"])?,
+        inode_i_ino: o("inode", &["i_ino"])?,
+        inode_i_nlink: o("inode", &["__i_nlink"]).or_else(|_| o("inode", &["i_nlink"]))?,
+        inode_i_sb: o("inode", &["i_sb"])?,
+        sb_s_dev: o("super_block", &["s_dev"])?,
+        mm_exe_file: o("mm_struct", &["exe_file"])?,
+        nsproxy_mnt_ns: o("nsproxy", &["mnt_ns"])?,
+        mnt_ns_inum: o("mnt_namespace", &["ns", "inum"])?,
+        pid_level: o("pid", &["level"])?,
+        pid_numbers: o("pid", &["numbers"])?,
+        upid_size: btf.struct_size("upid")?,
+        upid_ns: o("upid", &["ns"])?,
+        pid_ns_inum: o("pid_namespace", &["ns", "inum"])?,
+        ..Default::default()
+    };
+    if let (Ok(loginuid), Ok(sessionid)) = (
+        o("task_struct", &["loginuid"]),
+        o("task_struct", &["sessionid"]),
+    ) {
+        offsets.task_loginuid = loginuid;
+        offsets.task_sessionid = sessionid;
+        offsets.optional |= CTX_AUDIT;
+    }
+    Ok(offsets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny BTF blob: struct outer { int a; union { int b; struct inner c; }; }
+    /// with struct inner { int x; int y; }.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0outer\0a\0b\0c\0inner\0x\0y\0".to_vec();
+        let s = |name: &str| {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut types = Vec::new();
+        let mut push = |words: &[u32]| {
+            words
+                .iter()
+                .for_each(|w| types.extend_from_slice(&w.to_le_bytes()))
+        };
+        // 1: int (INT, size 4, encoding word)
+        push(&[s("int"), 1 << 24, 4, 32]);
+        // 2: struct inner { int x @0; int y @32 }
+        push(&[
+            s("inner"),
+            (KIND_STRUCT << 24) | 2,
+            8,
+            s("x"),
+            1,
+            0,
+            s("y"),
+            1,
+            32,
+        ]);
+        // 3: anonymous union { int b; struct inner c; }
+        push(&[0, (KIND_UNION << 24) | 2, 8, s("b"), 1, 0, s("c"), 2, 0]);
+        // 4: struct outer { int a @0; union @64 }
+        push(&[
+            s("outer"),
+            (KIND_STRUCT << 24) | 2,
+            16,
+            s("a"),
+            1,
+            0,
+            0,
+            3,
+            64,
+        ]);
+        let mut data = Vec::new();
+        data.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        data.extend_from_slice(&[1, 0]);
+        for word in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            data.extend_from_slice(&word.to_le_bytes());
+        }
+        data.extend_from_slice(&types);
+        data.extend_from_slice(&strings);
+        data
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions_and_chains() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.offset("outer", &["a"]).unwrap(), 0);
+        assert_eq!(btf.offset("outer", &["b"]).unwrap(), 8);
+        assert_eq!(btf.offset("outer", &["c", "y"]).unwrap(), 12);
+        assert_eq!(btf.struct_size("inner").unwrap(), 8);
+        assert!(matches!(
+            btf.offset("outer", &["zz"]),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.offset("nope", &["a"]),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(b"").is_err());
+        assert!(
+            Btf::parse(&[
+                0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ])
+            .is_err()
+        );
+        let mut truncated = blob();
+        truncated.truncate(40);
+        assert!(Btf::parse(&truncated).is_err());
+    }
+
+    #[test]
+    fn reads_this_kernels_btf() {
+        // Every machine this project runs on has BTF (the loader needs it).
+        let btf = Btf::from_sys_fs().expect("/sys/kernel/btf/vmlinux");
+        let offsets = kernel_offsets(&btf).expect("all members present");
+        assert_eq!(offsets.ready, 1);
+        assert!(
+            offsets.task_real_parent > 0 && offsets.dentry_d_name_name > offsets.dentry_d_name_len
+        );
+        assert!(offsets.upid_size >= 12);
+    }
+}

@@ -1,0 +1,156 @@
+//! Turns a raw path argument plus the base the kernel walked (cwd, dirfd
+//! directory, chroot root or the fd's own file) into an absolute path.
+
+use link_trace_common::{
+    BASE_ABSOLUTE, BASE_CWD, BASE_DIRFD, BASE_FD_FILE, BASE_NONE, BASE_ROOT, BaseInfo,
+    RESOLVE_BAD_FD, RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT, RESOLVE_NO_OFFSETS,
+    RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK, RESOLVE_READ_FAILED, RESOLVE_TOO_LONG,
+};
+
+pub struct Resolution {
+    pub path: Option<Vec<u8>>,
+    pub how: &'static str,
+    pub error: Option<&'static str>,
+}
+
+pub fn resolution_name(kind: u8) -> &'static str {
+    match kind {
+        BASE_ABSOLUTE => "absolute",
+        BASE_CWD => "cwd",
+        BASE_DIRFD => "dirfd",
+        BASE_ROOT => "chroot",
+        BASE_FD_FILE => "fd",
+        _ => "none",
+    }
+}
+
+pub fn error_name(error: u8) -> Option<&'static str> {
+    match error {
+        RESOLVE_OK => None,
+        RESOLVE_DEPTH_LIMIT => Some("depth_limit"),
+        RESOLVE_DELETED => Some("deleted_directory"),
+        RESOLVE_BAD_FD => Some("bad_fd"),
+        RESOLVE_NOT_A_DIRECTORY => Some("not_a_directory"),
+        RESOLVE_TOO_LONG => Some("too_long"),
+        RESOLVE_READ_FAILED => Some("read_failed"),
+        RESOLVE_NO_OFFSETS => Some("no_btf"),
+        RESOLVE_NO_ARGUMENT => Some("no_argument"),
+        _ => Some("unknown"),
+    }
+}
+
+/// `raw`: the argument (None if unreadable); `base`: the walked base segment.
+pub fn resolve(info: &BaseInfo, raw: Option<&[u8]>, base: &[u8]) -> Resolution {
+    let how = resolution_name(info.kind);
+    let fail = |error| Resolution {
+        path: None,
+        how,
+        error,
+    };
+    let Some(raw) = raw else {
+        return fail(Some("no_argument"));
+    };
+    if info.error != RESOLVE_OK {
+        return fail(error_name(info.error));
+    }
+    let path = match info.kind {
+        BASE_ABSOLUTE => normalize(raw),
+        BASE_FD_FILE => normalize(base),
+        BASE_CWD | BASE_DIRFD | BASE_ROOT => {
+            if base.is_empty() {
+                return fail(Some("read_failed"));
+            }
+            let mut joined = base.to_vec();
+            joined.push(b'/');
+            joined.extend_from_slice(raw);
+            normalize(&joined)
+        }
+        BASE_NONE => return fail(Some("no_btf")),
+        _ => return fail(Some("unknown")),
+    };
+    Resolution {
+        path: Some(path),
+        how,
+        error: None,
+    }
+}
+
+/// Lexical clean-up of an absolute path: drops empty and "." components and
+/// applies ".." (never above "/"). Symlinks are not followed: the kernel
+/// walked the base, and the daemon does not look the rest up.
+pub fn normalize(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len() + 1);
+    for part in &parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(kind: u8, error: u8) -> BaseInfo {
+        BaseInfo {
+            kind,
+            error,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn normalizes_lexically() {
+        assert_eq!(normalize(b"/a//b/./c/../d/"), b"/a/b/d");
+        assert_eq!(normalize(b"/../../etc/shadow"), b"/etc/shadow");
+        assert_eq!(normalize(b"////"), b"/");
+        assert_eq!(normalize(b"/tmp/\xff\n"), b"/tmp/\xff\n");
+    }
+
+    #[test]
+    fn joins_relative_arguments_to_their_base() {
+        let r = resolve(&info(BASE_CWD, 0), Some(b"../etc/./shadow"), b"/home/user");
+        assert_eq!(r.path.as_deref(), Some(&b"/home/etc/shadow"[..]));
+        assert_eq!((r.how, r.error), ("cwd", None));
+        let r = resolve(&info(BASE_DIRFD, 0), Some(b"x"), b"/");
+        assert_eq!(r.path.as_deref(), Some(&b"/x"[..]));
+        let r = resolve(&info(BASE_ROOT, 0), Some(b"/etc/passwd"), b"/srv/jail");
+        assert_eq!(r.path.as_deref(), Some(&b"/srv/jail/etc/passwd"[..]));
+        assert_eq!(r.how, "chroot");
+        let r = resolve(&info(BASE_FD_FILE, 0), Some(b""), b"/tmp/#123");
+        assert_eq!((r.path.as_deref(), r.how), (Some(&b"/tmp/#123"[..]), "fd"));
+        let r = resolve(&info(BASE_ABSOLUTE, 0), Some(b"/etc/../etc/shadow"), b"");
+        assert_eq!(
+            (r.path.as_deref(), r.how),
+            (Some(&b"/etc/shadow"[..]), "absolute")
+        );
+    }
+
+    #[test]
+    fn says_why_it_could_not_resolve() {
+        let r = resolve(&info(BASE_DIRFD, RESOLVE_DELETED), Some(b"x"), b"");
+        assert_eq!(
+            (r.path, r.how, r.error),
+            (None, "dirfd", Some("deleted_directory"))
+        );
+        let r = resolve(&info(BASE_DIRFD, RESOLVE_BAD_FD), Some(b"x"), b"");
+        assert_eq!(r.error, Some("bad_fd"));
+        let r = resolve(&info(BASE_CWD, RESOLVE_DEPTH_LIMIT), Some(b"x"), b"");
+        assert_eq!(r.error, Some("depth_limit"));
+        let r = resolve(&info(BASE_NONE, RESOLVE_NO_ARGUMENT), None, b"");
+        assert_eq!(r.error, Some("no_argument"));
+    }
+}
