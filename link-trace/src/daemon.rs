@@ -14,6 +14,7 @@ use crate::{
     capture::{self, Decoder},
     cli::Cli,
     clock::WallClock,
+    enrich,
     event::Record,
     loader,
     output::{self, Format},
@@ -31,8 +32,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let mut tracer = loader::load(&cli)?;
     let format = if cli.json { Format::Json } else { Format::Text };
-    let (tx, rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
-    let writer = output::spawn(format, rx);
+    // capture → enrich → output, each joined by a bounded queue.
+    let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
+    let (enriched_tx, output_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
+    let writer = output::spawn(format, output_rx);
+    let enricher = enrich::spawn(enrich_rx, enriched_tx).context("start the enrichment thread")?;
 
     let mut decoder = Decoder::new(WallClock::sample());
     let mut losses = LossTracker::default();
@@ -79,7 +83,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let summary = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the output thread panicked"))?;
-    let undelivered = summary.events_undelivered + decoder.undelivered;
+    let enrich_undelivered = enricher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the enrichment thread panicked"))?;
+    let undelivered = summary.events_undelivered + decoder.undelivered + enrich_undelivered;
     eprintln!(
         "link-trace: {} events captured, {} written, {} lost in the kernel or decoder, {} undelivered",
         decoder.events_decoded(),

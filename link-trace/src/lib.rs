@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod enrich;
 pub mod event;
 pub mod klog;
 pub mod loader;

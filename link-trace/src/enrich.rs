@@ -1,0 +1,301 @@
+//! The enrichment stage: what the daemon adds to each event after the
+//! kernel is done. It runs on a thread of its own between capture and output
+//! because it makes blocking calls (stat, cgroup directory walks).
+//!
+//! Everything here is labelled as coming later than the call: file facts from
+//! a stat carry `"facts_from": "stat"`, unlike the kernel's call-time facts.
+
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    event::{FileInfo, LinkEvent, Record},
+    names,
+};
+
+/// Rebuild the cgroup id → path table at most this often on a miss.
+const CGROUP_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Enricher {
+    /// Our own mount namespace: paths of callers in another one are looked
+    /// up through /proc/<pid>/root.
+    own_mnt_ns: Option<u32>,
+    cgroup_root: Option<PathBuf>,
+    cgroup_paths: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+}
+
+impl Enricher {
+    pub fn new() -> Self {
+        let own_mnt_ns = std::fs::read_link("/proc/self/ns/mnt")
+            .ok()
+            .and_then(|link| ns_inode(&link));
+        Self {
+            own_mnt_ns,
+            cgroup_root: cgroup2_mount(),
+            cgroup_paths: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    pub fn enrich(&mut self, event: &mut LinkEvent) {
+        self.add_cgroup(event);
+        self.add_file_facts(event);
+    }
+
+    fn add_cgroup(&mut self, event: &mut LinkEvent) {
+        let id = event.process.cgroup_id;
+        if id == 0 {
+            return;
+        }
+        if !self.cgroup_paths.contains_key(&id)
+            && self
+                .last_scan
+                .is_none_or(|at| at.elapsed() >= CGROUP_RESCAN_INTERVAL)
+        {
+            self.rescan_cgroups();
+        }
+        if let Some(path) = self.cgroup_paths.get(&id) {
+            event.process.container_id = container_id(path);
+            event.process.cgroup_path = Some(path.clone());
+        }
+    }
+
+    fn rescan_cgroups(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Some(root) = &self.cgroup_root else {
+            return;
+        };
+        self.cgroup_paths.clear();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                let relative = dir.strip_prefix(root).unwrap_or(Path::new(""));
+                self.cgroup_paths
+                    .insert(meta.ino(), format!("/{}", relative.display()));
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+    }
+
+    /// Where to look the caller's path up from here.
+    fn lookup_path(&self, event: &LinkEvent, resolved: &[u8]) -> PathBuf {
+        let path = Path::new(OsStr::from_bytes(resolved));
+        match (self.own_mnt_ns, event.process.mnt_ns) {
+            (Some(own), Some(theirs)) if own != theirs => {
+                Path::new(&format!("/proc/{}/root", event.pid))
+                    .join(path.strip_prefix("/").unwrap_or(path))
+            }
+            _ => path.to_path_buf(),
+        }
+    }
+
+    fn add_file_facts(&mut self, event: &mut LinkEvent) {
+        let follow = event.flags & names::AT_SYMLINK_FOLLOW != 0;
+        if event.file.is_none() {
+            match event.oldpath.resolved.clone() {
+                Some(resolved) => match stat(&self.lookup_path(event, &resolved), follow) {
+                    Ok(info) => event.file = Some(info),
+                    Err(errno) => event.file_error = Some(names::errno_name(errno)),
+                },
+                None => {
+                    event.file_error = Some(
+                        format!(
+                            "oldpath not resolved ({})",
+                            event.oldpath.resolution_error.unwrap_or("none")
+                        )
+                        .into(),
+                    )
+                }
+            }
+        }
+        if event.success
+            && let Some(resolved) = event.newpath.resolved.clone()
+        {
+            // The new name is a hard link itself: never follow it.
+            event.new_file = stat(&self.lookup_path(event, &resolved), false).ok();
+        }
+        if let (Some(file), Some(new_file)) = (&event.file, &event.new_file) {
+            event.inode_mismatch = Some((&file.dev, file.ino) != (&new_file.dev, new_file.ino));
+        }
+    }
+}
+
+impl Default for Enricher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn stat(path: &Path, follow: bool) -> Result<FileInfo, i32> {
+    let meta = if follow {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    };
+    let meta = meta.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let dev = meta.dev();
+    Ok(FileInfo::new(
+        "stat",
+        format!("{}:{}", libc::major(dev), libc::minor(dev)),
+        meta.ino(),
+        meta.mode(),
+        meta.uid(),
+        meta.gid(),
+        meta.nlink() as u32,
+    ))
+}
+
+/// "mnt:[4026531832]" → 4026531832.
+fn ns_inode(link: &Path) -> Option<u32> {
+    let text = link.to_str()?;
+    text.split_once(":[")?.1.strip_suffix(']')?.parse().ok()
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// The container id a cgroup path names, for the common runtimes:
+/// docker (`/docker/<id>`, `docker-<id>.scope`), containerd
+/// (`cri-containerd-<id>.scope`, `/kubepods/.../<id>`), cri-o
+/// (`crio-<id>.scope`) and podman (`libpod-<id>.scope`).
+pub fn container_id(cgroup_path: &str) -> Option<String> {
+    const RUNTIMES: [&str; 5] = ["docker", "containerd", "crio", "libpod", "kubepods"];
+    if !RUNTIMES.iter().any(|runtime| cgroup_path.contains(runtime)) {
+        return None;
+    }
+    cgroup_path.rsplit('/').find_map(|component| {
+        let name = component.strip_suffix(".scope").unwrap_or(component);
+        let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+            .iter()
+            .find_map(|prefix| name.strip_prefix(prefix))
+            .unwrap_or(name);
+        (id.len() == 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| id.to_owned())
+    })
+}
+
+/// Runs the stage: takes records from capture, enriches events, hands them
+/// to output. Returns how many events it could not hand on.
+pub fn spawn(
+    mut rx: mpsc::Receiver<Record>,
+    tx: mpsc::Sender<Record>,
+) -> std::io::Result<std::thread::JoinHandle<u64>> {
+    std::thread::Builder::new()
+        .name("link-trace-enrich".into())
+        .spawn(move || {
+            let mut enricher = Enricher::new();
+            let mut undelivered = 0;
+            while let Some(mut record) = rx.blocking_recv() {
+                let is_event = matches!(record, Record::Event(_));
+                if let Record::Event(event) = &mut record {
+                    enricher.enrich(event);
+                }
+                if tx.blocking_send(record).is_err() {
+                    undelivered += u64::from(is_event);
+                    // Output is gone: count everything still queued, then stop.
+                    rx.close();
+                    while let Ok(record) = rx.try_recv() {
+                        undelivered += u64::from(matches!(record, Record::Event(_)));
+                    }
+                    break;
+                }
+            }
+            undelivered
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn finds_container_ids_of_common_runtimes() {
+        for path in [
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/docker/{ID}"),
+            format!("/kubepods.slice/kubepods-burstable.slice/cri-containerd-{ID}.scope"),
+            format!("/kubepods/besteffort/pod1234/{ID}"),
+            format!("/machine.slice/libpod-{ID}.scope/container"),
+            format!("/kubepods.slice/crio-{ID}.scope"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(ID), "{path}");
+        }
+    }
+
+    #[test]
+    fn ignores_paths_without_containers() {
+        assert_eq!(container_id("/"), None);
+        assert_eq!(
+            container_id("/user.slice/user-1000.slice/session-2.scope"),
+            None
+        );
+        assert_eq!(
+            container_id(&format!("/system.slice/{ID}")),
+            None,
+            "no runtime named"
+        );
+        assert_eq!(container_id("/docker/not-an-id"), None);
+    }
+
+    #[test]
+    fn parses_namespace_links() {
+        assert_eq!(ns_inode(Path::new("mnt:[4026531832]")), Some(4026531832));
+        assert_eq!(ns_inode(Path::new("garbage")), None);
+    }
+
+    #[test]
+    fn stat_reports_mode_bits_and_owner() {
+        let dir = std::env::temp_dir().join(format!("link-trace-enrich-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        let info = stat(&file, false).unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(
+            (info.ino, info.uid, info.nlink),
+            (meta.ino(), meta.uid(), 1)
+        );
+        assert_eq!(
+            (
+                info.file_type,
+                info.permissions.as_str(),
+                info.setuid,
+                info.setgid
+            ),
+            ("regular", "4755", true, false)
+        );
+        assert_eq!(stat(&dir.join("missing"), false).unwrap_err(), libc::ENOENT);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
