@@ -497,9 +497,7 @@ fn recheck(call: &PendingCall, out: &mut OutRecord, walk: &mut Walk, old: bool) 
             NEW_REREAD_FAILED,
         )
     };
-    if arg.flags & PATH_READ_FAILED != 0 {
-        return;
-    }
+    let unreadable_at_entry = arg.flags & PATH_READ_FAILED != 0;
     // SAFETY: walk has WALK_CAP >= PATH_READ_MAX bytes; any user pointer is fine.
     let ret = unsafe {
         bpf_probe_read_user_str(
@@ -513,7 +511,9 @@ fn recheck(call: &PendingCall, out: &mut OutRecord, walk: &mut Walk, old: bool) 
         return;
     }
     let now_len = (ret as usize).saturating_sub(1).min(PATH_KEEP_MAX);
-    if now_len == arg.len as usize && same_bytes(call, at, now_len) {
+    // Unreadable at entry but readable now is a change too: it is how an
+    // attacker blinds a tracer that reads only at entry.
+    if !unreadable_at_entry && now_len == arg.len as usize && same_bytes(call, at, now_len) {
         return;
     }
     out.header.toctou |= changed;

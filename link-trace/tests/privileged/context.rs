@@ -1,0 +1,705 @@
+//! Privileged tests of the event context: kernel-resolved absolute paths,
+//! process identity, the linked file's facts, and TOCTOU evidence. Every
+//! field is compared with ground truth the test reads itself.
+
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+
+use crate::harness::{TestDir, Tracer, check, cstr, expect_fields, gettid, my_pid, privileged};
+
+const AT_FDCWD: i32 = libc::AT_FDCWD;
+
+fn linkat(olddirfd: i32, old: &Path, newdirfd: i32, new: &Path, flags: i32) -> Result<(), i32> {
+    let (old, new) = (cstr(old), cstr(new));
+    // SAFETY: valid NUL-terminated strings for the duration of the call.
+    check(unsafe { libc::linkat(olddirfd, old.as_ptr(), newdirfd, new.as_ptr(), flags) })
+}
+
+fn open_dir(path: &Path) -> i32 {
+    let c = cstr(path);
+    // SAFETY: valid path string.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "open {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    fd
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 test path")
+}
+
+/// The one event whose raw newpath is `raw` from this thread.
+fn mine<'a>(run: &'a crate::harness::Run, raw: &str) -> &'a Value {
+    let tid = gettid();
+    let found: Vec<&Value> = run
+        .events()
+        .filter(|e| e["newpath"] == raw && e["tid"] == tid)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one event with newpath {raw:?} from tid {tid}: {:#?}",
+        run.records
+    );
+    found[0]
+}
+
+fn dev_string(dev: u64) -> String {
+    format!("{}:{}", libc::major(dev), libc::minor(dev))
+}
+
+fn expect_file(event: &Value, field: &str, path: &Path, facts_from: &str) {
+    let meta = std::fs::symlink_metadata(path).expect("stat ground truth");
+    let file = &event[field];
+    expect_fields(
+        file,
+        &[
+            ("facts_from", facts_from.into()),
+            ("dev", dev_string(meta.dev()).into()),
+            ("ino", meta.ino().into()),
+            ("mode", meta.mode().into()),
+            (
+                "permissions",
+                format!("{:04o}", meta.mode() & 0o7777).into(),
+            ),
+            ("setuid", (meta.mode() & libc::S_ISUID != 0).into()),
+            ("setgid", (meta.mode() & libc::S_ISGID != 0).into()),
+            ("uid", meta.uid().into()),
+            ("gid", meta.gid().into()),
+            ("type", "regular".into()),
+        ],
+    );
+}
+
+#[test]
+fn relative_path_after_chdir_resolves_against_cwd() {
+    if !privileged("relative_path_after_chdir_resolves_against_cwd") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-cwd");
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    dir.file("sub/ctx-src");
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    // The only other cwd-relative test restores "/" right after its call; the
+    // two never overlap because each resolves paths it alone creates.
+    std::env::set_current_dir(dir.join("sub")).expect("chdir");
+    let result = linkat(
+        AT_FDCWD,
+        Path::new("./ctx-src"),
+        AT_FDCWD,
+        Path::new("../sub/./ctx-dst"),
+        0,
+    );
+    std::env::set_current_dir("/").expect("chdir /");
+    result.expect("linkat");
+    let run = tracer.stop();
+    run.assert_clean_exit();
+    let event = mine(&run, "../sub/./ctx-dst");
+    let sub = dir.join("sub");
+    expect_fields(
+        event,
+        &[
+            ("oldpath_resolved", s(&sub.join("ctx-src")).into()),
+            ("oldpath_resolution", "cwd".into()),
+            ("oldpath_resolution_error", Value::Null),
+            ("newpath_resolved", s(&sub.join("ctx-dst")).into()),
+            ("newpath_resolution", "cwd".into()),
+            ("newpath_resolution_error", Value::Null),
+        ],
+    );
+    expect_file(event, "file", &sub.join("ctx-src"), "stat");
+    expect_file(event, "new_file", &sub.join("ctx-dst"), "stat");
+    expect_fields(event, &[("inode_mismatch", false.into())]);
+}
+
+#[test]
+fn dirfd_of_a_renamed_directory_resolves_to_its_new_name() {
+    if !privileged("dirfd_of_a_renamed_directory_resolves_to_its_new_name") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-renamed");
+    std::fs::create_dir(dir.join("before")).unwrap();
+    dir.file("before/src");
+    let fd = open_dir(&dir.join("before"));
+    std::fs::rename(dir.join("before"), dir.join("after")).unwrap();
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    let result = linkat(fd, Path::new("src"), fd, Path::new("renamed-dst"), 0);
+    let run = tracer.stop();
+    close(fd);
+    result.expect("linkat");
+    run.assert_clean_exit();
+    let event = mine(&run, "renamed-dst");
+    expect_fields(
+        event,
+        &[
+            ("olddirfd", fd.into()),
+            ("oldpath_resolved", s(&dir.join("after/src")).into()),
+            ("oldpath_resolution", "dirfd".into()),
+            ("newpath_resolved", s(&dir.join("after/renamed-dst")).into()),
+            ("newpath_resolution", "dirfd".into()),
+        ],
+    );
+}
+
+#[test]
+fn dirfd_of_a_deleted_directory_says_so() {
+    if !privileged("dirfd_of_a_deleted_directory_says_so") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-deleted");
+    let src = dir.file("src");
+    std::fs::create_dir(dir.join("gone")).unwrap();
+    let fd = open_dir(&dir.join("gone"));
+    std::fs::remove_dir(dir.join("gone")).unwrap();
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    let result = linkat(AT_FDCWD, &src, fd, Path::new("into-deleted"), 0);
+    let run = tracer.stop();
+    close(fd);
+    assert_eq!(
+        result,
+        Err(libc::ENOENT),
+        "linking into a deleted directory fails"
+    );
+    run.assert_clean_exit();
+    let event = mine(&run, "into-deleted");
+    expect_fields(
+        event,
+        &[
+            ("oldpath_resolved", s(&src).into()),
+            ("oldpath_resolution", "absolute".into()),
+            ("newpath_resolved", Value::Null),
+            ("newpath_resolution", "dirfd".into()),
+            ("newpath_resolution_error", "deleted_directory".into()),
+            ("errno", "ENOENT".into()),
+        ],
+    );
+    // The failed attempt still reports the source file.
+    expect_file(event, "file", &src, "stat");
+    expect_fields(
+        event,
+        &[("new_file", Value::Null), ("inode_mismatch", Value::Null)],
+    );
+}
+
+#[test]
+fn bad_dirfd_is_reported_as_bad_fd() {
+    if !privileged("bad_dirfd_is_reported_as_bad_fd") {
+        return;
+    }
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    let result = linkat(987_654, Path::new("x"), 987_654, Path::new("bad-fd-dst"), 0);
+    let run = tracer.stop();
+    assert_eq!(result, Err(libc::EBADF));
+    let event = mine(&run, "bad-fd-dst");
+    expect_fields(
+        event,
+        &[
+            ("newpath_resolved", Value::Null),
+            ("newpath_resolution", "dirfd".into()),
+            ("newpath_resolution_error", "bad_fd".into()),
+            ("errno", "EBADF".into()),
+        ],
+    );
+}
+
+/// Mounts for one test, detached again on drop.
+struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    fn mount(&mut self, source: &str, target: &Path, fstype: &str, flags: libc::c_ulong) {
+        let (source, target_c, fstype) = (
+            CString::new(source).unwrap(),
+            cstr(target),
+            CString::new(fstype).unwrap(),
+        );
+        // SAFETY: valid strings; no data argument.
+        let ret = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target_c.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            ret,
+            0,
+            "mount {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
+        self.0.push(target.to_path_buf());
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for target in self.0.iter().rev() {
+            let c = cstr(target);
+            // SAFETY: valid string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn paths_through_a_bind_mount_and_a_fresh_tmpfs_are_walked_across_mounts() {
+    if !privileged("paths_through_a_bind_mount_and_a_fresh_tmpfs_are_walked_across_mounts") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-mounts");
+    for sub in ["real", "bind", "tmp"] {
+        std::fs::create_dir(dir.join(sub)).unwrap();
+    }
+    dir.file("real/src");
+    let mut mounts = Mounts(Vec::new());
+    mounts.mount(
+        s(&dir.join("real")),
+        &dir.join("bind"),
+        "none",
+        libc::MS_BIND,
+    );
+    mounts.mount("tmpfs", &dir.join("tmp"), "tmpfs", 0);
+    std::fs::create_dir(dir.join("tmp/deep")).unwrap();
+    std::fs::write(dir.join("tmp/deep/tsrc"), b"x").unwrap();
+    let (bind_fd, tmp_fd) = (open_dir(&dir.join("bind")), open_dir(&dir.join("tmp/deep")));
+
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    let through_bind = linkat(bind_fd, Path::new("src"), bind_fd, Path::new("bind-dst"), 0);
+    let in_tmpfs = linkat(tmp_fd, Path::new("tsrc"), tmp_fd, Path::new("tmpfs-dst"), 0);
+    let run = tracer.stop();
+    close(bind_fd);
+    close(tmp_fd);
+    through_bind.expect("link through the bind mount");
+    in_tmpfs.expect("link in tmpfs");
+    run.assert_clean_exit();
+
+    let event = mine(&run, "bind-dst");
+    expect_fields(
+        event,
+        &[
+            ("newpath_resolved", s(&dir.join("bind/bind-dst")).into()),
+            ("oldpath_resolved", s(&dir.join("bind/src")).into()),
+            ("newpath_resolution", "dirfd".into()),
+        ],
+    );
+    expect_file(event, "file", &dir.join("real/src"), "stat");
+    let event = mine(&run, "tmpfs-dst");
+    expect_fields(
+        event,
+        &[
+            (
+                "newpath_resolved",
+                s(&dir.join("tmp/deep/tmpfs-dst")).into(),
+            ),
+            ("oldpath_resolved", s(&dir.join("tmp/deep/tsrc")).into()),
+        ],
+    );
+    expect_file(event, "file", &dir.join("tmp/deep/tsrc"), "stat");
+    drop(mounts);
+}
+
+fn ns_inode(kind: &str) -> u64 {
+    let link = std::fs::read_link(format!("/proc/self/ns/{kind}")).expect("read ns link");
+    let text = link.to_str().unwrap();
+    text.split_once(":[")
+        .unwrap()
+        .1
+        .trim_end_matches(']')
+        .parse()
+        .unwrap()
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("a cgroup2 mount")
+}
+
+fn audit_value(file: &str) -> Value {
+    let text = std::fs::read_to_string(format!("/proc/self/{file}")).unwrap_or_default();
+    match text.trim().parse::<u32>() {
+        Ok(u32::MAX) | Err(_) => Value::Null,
+        Ok(value) => value.into(),
+    }
+}
+
+#[test]
+fn process_context_matches_the_callers_own_view() {
+    if !privileged("process_context_matches_the_callers_own_view") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-process");
+    let src = dir.file("src");
+    let dst = dir.join("dst");
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    linkat(AT_FDCWD, &src, AT_FDCWD, &dst, 0).expect("linkat");
+    let run = tracer.stop();
+    run.assert_clean_exit();
+    let event = mine(&run, s(&dst));
+    // SAFETY: plain id getters.
+    let (ppid, euid, egid) = unsafe { (libc::getppid(), libc::geteuid(), libc::getegid()) };
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let cgroup_path = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("cgroup v2 line")
+        .to_owned();
+    let cgroup_dir = cgroup2_mount().join(cgroup_path.trim_start_matches('/'));
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    expect_fields(
+        event,
+        &[
+            ("ppid", ppid.into()),
+            ("euid", euid.into()),
+            ("egid", egid.into()),
+            ("fsuid", euid.into()),
+            ("fsgid", egid.into()),
+            ("auid", audit_value("loginuid")),
+            ("sessionid", audit_value("sessionid")),
+            ("mnt_ns", ns_inode("mnt").into()),
+            ("pid_ns", ns_inode("pid").into()),
+            (
+                "cgroup_id",
+                std::fs::metadata(&cgroup_dir).unwrap().ino().into(),
+            ),
+            ("cgroup_path", cgroup_path.into()),
+            ("container_id", Value::Null),
+            ("exe", s(&exe).into()),
+            ("args_changed", false.into()),
+            ("oldpath_at_exit", Value::Null),
+            ("newpath_at_exit", Value::Null),
+        ],
+    );
+}
+
+#[test]
+fn short_lived_child_in_a_container_cgroup_is_fully_described() {
+    if !privileged("short_lived_child_in_a_container_cgroup_is_fully_described") {
+        return;
+    }
+    const CONTAINER: &str = "4c1d2b3a4c1d2b3a4c1d2b3a4c1d2b3a4c1d2b3a4c1d2b3a4c1d2b3a4c1d2b3a";
+    let dir = TestDir::new("/tmp", "ctx-child");
+    dir.file("csrc");
+    let cgroup_name = format!("docker-{CONTAINER}.scope");
+    let cgroup_dir = cgroup2_mount()
+        .join(format!("link-trace-test-{}", std::process::id()))
+        .join(&cgroup_name);
+    std::fs::create_dir_all(&cgroup_dir).expect("create a test cgroup");
+    let procs = cgroup_dir.join("cgroup.procs");
+    let tracer = Tracer::start(&["--comm", "ln"]);
+    let procs_for_child = procs.clone();
+    // SAFETY: the closure only writes its own pid to a cgroup file between
+    // fork and exec (std::fs::write allocates, acceptable in this test-only
+    // child of a process whose other threads hold no locks it needs).
+    let child = unsafe {
+        Command::new("ln")
+            .args(["csrc", "cdst"])
+            .current_dir(&dir.path)
+            .pre_exec(move || std::fs::write(&procs_for_child, b"0"))
+            .output()
+            .expect("run ln")
+    };
+    let run = tracer.stop();
+    let _ = std::fs::remove_dir(&cgroup_dir);
+    let _ = std::fs::remove_dir(cgroup_dir.parent().unwrap());
+    assert!(
+        child.status.success(),
+        "ln: {}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    run.assert_clean_exit();
+    let found: Vec<&Value> = run.events().filter(|e| e["newpath"] == "cdst").collect();
+    assert_eq!(found.len(), 1, "{:#?}", run.records);
+    let event = found[0];
+    let cgroup_path = format!("/link-trace-test-{}/{cgroup_name}", std::process::id());
+    expect_fields(
+        event,
+        &[
+            ("ppid", std::process::id().into()),
+            ("comm", "ln".into()),
+            ("exe", "/usr/bin/ln".into()),
+            ("oldpath_resolved", s(&dir.join("csrc")).into()),
+            ("newpath_resolved", s(&dir.join("cdst")).into()),
+            ("newpath_resolution", "cwd".into()),
+            ("cgroup_path", cgroup_path.into()),
+            ("container_id", CONTAINER.into()),
+            ("success", true.into()),
+        ],
+    );
+    assert!(event["cgroup_id"].as_u64().unwrap() > 1);
+    expect_file(event, "file", &dir.join("csrc"), "stat");
+}
+
+#[test]
+fn setuid_and_foreign_owned_files_are_described() {
+    if !privileged("setuid_and_foreign_owned_files_are_described") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-owner");
+    let suid = dir.file("suid");
+    std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let foreign = dir.file("foreign");
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    linkat(AT_FDCWD, &suid, AT_FDCWD, &dir.join("suid-link"), 0).expect("link setuid file");
+    linkat(AT_FDCWD, &foreign, AT_FDCWD, &dir.join("foreign-link"), 0).expect("link foreign file");
+    let taken = linkat(AT_FDCWD, &foreign, AT_FDCWD, &dir.join("foreign-link"), 0);
+    let run = tracer.stop();
+    assert_eq!(taken, Err(libc::EEXIST));
+    run.assert_clean_exit();
+
+    let suid_link = dir.join("suid-link");
+    let event = mine(&run, s(&suid_link));
+    expect_file(event, "file", &suid, "stat");
+    expect_fields(
+        &event["file"],
+        &[("setuid", true.into()), ("permissions", "4755".into())],
+    );
+    expect_fields(event, &[("inode_mismatch", false.into())]);
+
+    let foreign_link = dir.join("foreign-link");
+    let events: Vec<&Value> = run
+        .events()
+        .filter(|e| e["newpath"] == s(&foreign_link))
+        .collect();
+    assert_eq!(events.len(), 2, "{:#?}", run.records);
+    for event in events {
+        expect_file(event, "file", &foreign, "stat");
+        expect_fields(
+            &event["file"],
+            &[
+                ("uid", 65534.into()),
+                ("gid", 65534.into()),
+                ("nlink", 2.into()),
+            ],
+        );
+        expect_fields(event, &[("fsuid", 0.into())]);
+    }
+}
+
+#[test]
+fn empty_path_file_facts_come_from_the_kernel() {
+    if !privileged("empty_path_file_facts_come_from_the_kernel") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-fd");
+    let c = cstr(&dir.path);
+    // SAFETY: valid path string.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o640,
+        )
+    };
+    assert!(fd >= 0);
+    // SAFETY: valid fd and out-pointer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
+    let dst = dir.join("from-fd");
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    let result = linkat(fd, Path::new(""), AT_FDCWD, &dst, libc::AT_EMPTY_PATH);
+    let run = tracer.stop();
+    close(fd);
+    result.expect("linkat AT_EMPTY_PATH");
+    run.assert_clean_exit();
+    let event = mine(&run, s(&dst));
+    expect_fields(
+        event,
+        &[
+            ("oldpath_resolution", "fd".into()),
+            ("oldpath_resolution_error", Value::Null),
+        ],
+    );
+    let resolved = event["oldpath_resolved"].as_str().expect("the fd's path");
+    assert!(resolved.starts_with(s(&dir.path)), "{resolved}");
+    expect_fields(
+        &event["file"],
+        &[
+            ("facts_from", "kernel".into()),
+            ("ino", st.st_ino.into()),
+            ("dev", dev_string(st.st_dev).into()),
+            ("mode", st.st_mode.into()),
+            ("permissions", "0640".into()),
+            ("uid", st.st_uid.into()),
+            ("gid", st.st_gid.into()),
+            // Read at syscall exit: the link just made is counted.
+            ("nlink", 1.into()),
+            ("type", "regular".into()),
+        ],
+    );
+    expect_file(event, "new_file", &dst, "stat");
+    expect_fields(event, &[("inode_mismatch", false.into())]);
+}
+
+// userfaultfd ABI (linux/userfaultfd.h), for the deterministic TOCTOU test.
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// The "Phantom" attack, made deterministic: newpath sits on a page that is
+/// not there yet, so the kernel blocks in userfaultfd while copying it. The
+/// handler rewrites oldpath in that window, during the syscall, after the
+/// tracer's entry read. The tracer must flag the change and show both values.
+#[test]
+fn argument_changed_during_the_call_is_flagged() {
+    if !privileged("argument_changed_during_the_call_is_flagged") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-toctou");
+    let real = dir.file("benign-src");
+    let decoy = dir.file("decoy-src");
+    let dst = dir.join("toctou-dst");
+    let page = 4096usize;
+    // SAFETY: raw syscalls and mappings owned by this test; every pointer
+    // passed stays valid for the duration of the call.
+    unsafe {
+        let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+        assert!(
+            uffd >= 0,
+            "userfaultfd: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: 0,
+            ioctls: 0,
+        };
+        assert_eq!(libc::ioctl(uffd, UFFDIO_API, &mut api), 0, "UFFDIO_API");
+        let region = libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(region, libc::MAP_FAILED);
+        let mut register = UffdioRegister {
+            start: region as u64,
+            len: page as u64,
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        assert_eq!(
+            libc::ioctl(uffd, UFFDIO_REGISTER, &mut register),
+            0,
+            "UFFDIO_REGISTER"
+        );
+
+        // oldpath: a normal buffer, as long as the decoy so it can be rewritten in place.
+        let mut old = real.as_os_str().as_bytes().to_vec();
+        let decoy_bytes = decoy.as_os_str().as_bytes().to_vec();
+        old.resize(old.len().max(decoy_bytes.len()), b'\0');
+        old.push(0);
+        let old_ptr = old.as_mut_ptr() as usize;
+        let old_len = old.len();
+
+        let mut new_page = vec![0u8; page];
+        new_page[..dst.as_os_str().len()].copy_from_slice(dst.as_os_str().as_bytes());
+        let region_addr = region as u64;
+        let handler = std::thread::spawn(move || {
+            let mut msg = [0u8; 32];
+            let n = libc::read(uffd, msg.as_mut_ptr().cast(), msg.len());
+            assert_eq!(n, 32, "one userfaultfd message");
+            // The kernel has copied oldpath and now waits for newpath: swap
+            // oldpath for the decoy in this window.
+            let buf = std::slice::from_raw_parts_mut(old_ptr as *mut u8, old_len);
+            buf.fill(0);
+            buf[..decoy_bytes.len()].copy_from_slice(&decoy_bytes);
+            let mut copy = UffdioCopy {
+                dst: region_addr,
+                src: new_page.as_ptr() as u64,
+                len: page as u64,
+                mode: 0,
+                copy: 0,
+            };
+            assert_eq!(libc::ioctl(uffd, UFFDIO_COPY, &mut copy), 0, "UFFDIO_COPY");
+        });
+
+        let tracer = Tracer::start(&["--pid", &my_pid()]);
+        let ret = libc::linkat(AT_FDCWD, old.as_ptr().cast(), AT_FDCWD, region.cast(), 0);
+        let errno = std::io::Error::last_os_error();
+        handler.join().expect("fault handler");
+        let run = tracer.stop();
+        libc::munmap(region, page);
+        libc::close(uffd);
+        assert_eq!(ret, 0, "linkat: {errno}");
+        // Which name the kernel used depends on the order it copies the two
+        // arguments in; the tracer must flag the change either way.
+        let linked = std::fs::metadata(&dst).expect("dst exists").ino();
+        let used = [&real, &decoy]
+            .into_iter()
+            .find(|p| std::fs::metadata(p).unwrap().ino() == linked);
+        assert!(used.is_some(), "dst is a link of one of the two names");
+        run.assert_clean_exit();
+
+        let found: Vec<&Value> = run.events().filter(|e| e["oldpath"] == s(&real)).collect();
+        assert_eq!(found.len(), 1, "{:#?}", run.records);
+        let event = found[0];
+        expect_fields(
+            event,
+            &[
+                ("args_changed", true.into()),
+                ("oldpath_at_exit", s(&decoy).into()),
+                // newpath was not mapped at entry, so it could not be read
+                // there; at exit it was, which is itself a change.
+                ("newpath", Value::Null),
+                ("newpath_error", "EFAULT".into()),
+                ("newpath_at_exit", s(&dst).into()),
+                ("success", true.into()),
+            ],
+        );
+    }
+}
