@@ -122,6 +122,8 @@ fn ensure_tools() -> anyhow::Result<()> {
 
 struct Machine {
     date: String,
+    /// The link-trace sources measured: commit, and whether they differ from it.
+    commit: String,
     kernel: String,
     cpu: String,
     cores: usize,
@@ -141,7 +143,21 @@ fn machine() -> anyhow::Result<Machine> {
         .filter(|line| line.starts_with("processor"))
         .count();
     let text = |cmd: &mut Command| output_of(cmd).map(|s| s.trim().to_owned());
+    let sources = ["link-trace", "link-trace-common", "link-trace-ebpf"];
+    let commit = text(command("git").args(["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = text(
+        command("git")
+            .args(["status", "--porcelain", "--"])
+            .args(sources),
+    )
+    .is_none_or(|status| !status.is_empty());
     Ok(Machine {
+        commit: if dirty {
+            format!("{commit} with uncommitted changes")
+        } else {
+            commit
+        },
         date: text(Command::new("date").args(["-u", "+%Y-%m-%d"])).context("run date")?,
         kernel: text(Command::new("uname").arg("-r")).context("run uname")?,
         cpu,
@@ -369,12 +385,29 @@ impl Tracer {
             }
             thread::sleep(POLL);
         };
-        let lines = self
-            .stderr
+        Ok((status, self.stderr_lines()))
+    }
+
+    /// Everything the tracer printed on stderr; call once it has exited.
+    fn stderr_lines(&mut self) -> Vec<String> {
+        self.stderr
             .take()
             .map(|reader| reader.join().unwrap_or_default())
-            .unwrap_or_default();
-        Ok((status, lines))
+            .unwrap_or_default()
+    }
+
+    /// Fails, with the exit status and stderr, when the tracer is no longer
+    /// running: it must stay attached for as long as the load runs.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        let child = self.child.as_mut().context("tracer already stopped")?;
+        if let Some(status) = child.try_wait()? {
+            self.child = None;
+            let lines = self.stderr_lines();
+            bail!(
+                "the tracer exited while it should have been attached ({status}); stderr: {lines:?}"
+            );
+        }
+        Ok(())
     }
 
     /// SIGTERM, a clean exit and link-trace's summary line.
@@ -482,13 +515,16 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
     };
     for round in 1..=count {
         for (index, config) in CONFIGS.into_iter().enumerate() {
-            let tracer = match config {
+            let mut tracer = match config {
                 Config::None => None,
                 Config::LinkTrace => Some(Tracer::link_trace(&[])?),
                 Config::Bpftrace => Some(Tracer::bpftrace()?),
             };
             let pairs = load.pairs()?;
             let getppid = load.getppid()?;
+            if let Some(tracer) = tracer.as_mut() {
+                tracer.ensure_running()?;
+            }
             match tracer {
                 Some(tracer) if config == Config::LinkTrace => {
                     rounds.startups.push(tracer.startup);
@@ -591,7 +627,12 @@ fn program_stats(pid: u32) -> anyhow::Result<Vec<ProgStats>> {
         })
         .collect();
     if stats.len() != LINK_PROGRAMS.len() {
-        bail!("expected link-trace's {LINK_PROGRAMS:?} among its programs, found {stats:?}");
+        let listed = progs.as_array().map_or(0, Vec::len);
+        bail!(
+            "expected link-trace's {LINK_PROGRAMS:?} among its programs (ids {ids:?} in \
+             {}; bpftool listed {listed} programs), found {stats:?}",
+            fdinfo.display()
+        );
     }
     Ok(stats)
 }
@@ -604,8 +645,9 @@ fn ns_per_event(stats: &[ProgStats]) -> Option<f64> {
 
 /// One link-trace run (default configuration, stats on) under one generator.
 fn kernel_cost(load: &Load) -> anyhow::Result<Vec<ProgStats>> {
-    let tracer = Tracer::link_trace(&[])?;
+    let mut tracer = Tracer::link_trace(&[])?;
     load.pairs()?;
+    tracer.ensure_running()?;
     let stats = program_stats(tracer.pid()?)?;
     let summary = tracer.stop_link_trace()?;
     eprintln!("xtask: bpf_stats run: {stats:?}; {summary:?}");
@@ -621,7 +663,7 @@ struct Flood {
 }
 
 fn flood(load: &Load) -> anyhow::Result<Flood> {
-    let tracer = Tracer::link_trace(&["--comm", LOAD_COMM])?;
+    let mut tracer = Tracer::link_trace(&["--comm", LOAD_COMM])?;
     let seconds = FLOOD_SECONDS.to_string();
     eprintln!(
         "xtask: flood: {FLOOD_GENERATORS} generators for {FLOOD_SECONDS} s, link-trace --comm {LOAD_COMM}"
@@ -634,6 +676,7 @@ fn flood(load: &Load) -> anyhow::Result<Flood> {
         let run = finish_load(generator)?;
         calls += run.calls;
     }
+    tracer.ensure_running()?;
     let pid = tracer.pid()?;
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
@@ -696,8 +739,8 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nlink-trace benchmarks, {}; machine: Linux {}, {}, {} cores",
-            m.date, m.kernel, m.cpu, m.cores
+            "\nlink-trace benchmarks, {} (link-trace {}); machine: Linux {}, {}, {} cores",
+            m.date, m.commit, m.kernel, m.cpu, m.cores
         );
         let _ = writeln!(
             out,
