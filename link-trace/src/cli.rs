@@ -25,6 +25,10 @@ pub struct Cli {
     #[arg(long = "comm", value_name = "COMM", value_parser = parse_comm)]
     pub comms: Vec<[u8; TASK_COMM_LEN]>,
 
+    /// Seconds between `stats` records (0: only the one at exit).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub stats_interval: u64,
+
     /// Ring buffer size in bytes: a power of two, at least one page.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,

@@ -23,7 +23,7 @@ use crate::{
 
 /// Records queued between capture and output.
 const OUTPUT_QUEUE: usize = 8192;
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
+const LOSS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Returns whether every captured event was delivered.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
@@ -40,7 +40,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let mut decoder = Decoder::new(WallClock::sample());
     let mut losses = LossTracker::default();
-    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);
+    let stats_period = Duration::from_secs(cli.stats_interval.max(1));
+    let mut stats_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + stats_period, stats_period);
     let mut drain_tick = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until
@@ -63,6 +66,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             _ = drain_tick.tick() => {
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
             }
+            _ = stats_tick.tick(), if cli.stats_interval > 0 => {
+                report_stats(&tracer.stats, &decoder, &tx).await;
+            }
             _ = tick.tick() => {
                 decoder.clock = WallClock::sample();
                 report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
@@ -77,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     drop(tracer.programs.take());
     capture::drain(ring.get_mut(), &mut decoder, &tx).await;
     report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
+    report_stats(&tracer.stats, &decoder, &tx).await;
     drop(ring.into_inner());
     drop(tx);
 
@@ -99,6 +106,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+async fn report_stats(
+    stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    decoder: &Decoder,
+    tx: &mpsc::Sender<Record>,
+) {
+    match stats::read_kernel(stats) {
+        Ok(kernel) => {
+            let record = stats::stats_record(
+                &kernel,
+                decoder.events_decoded(),
+                decoder.decode_errors,
+                &decoder.clock,
+            );
+            let _ = tx.send(Record::Stats(record)).await;
+        }
+        Err(e) => eprintln!("link-trace: warning: cannot read kernel counters: {e}"),
+    }
 }
 
 async fn report_losses(

@@ -27,6 +27,28 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum Record {
     Event(Box<LinkEvent>),
     Loss(LossRecord),
+    Stats(StatsRecord),
+}
+
+/// Periodic totals (and one at exit): what the kernel handed over, what the
+/// daemon decoded, and every loss reason per CPU.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StatsRecord {
+    pub schema_version: u32,
+    pub time: String,
+    /// Records the kernel put in the ring buffer since start.
+    pub kernel_submitted: u64,
+    pub events_decoded: u64,
+    pub decode_errors: u64,
+    pub losses: Vec<LossCount>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LossCount {
+    pub reason: LossReason,
+    pub total: u64,
+    /// Indexed by CPU id.
+    pub per_cpu: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

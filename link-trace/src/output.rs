@@ -116,6 +116,14 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
         }
         Format::Text => match record {
             Record::Event(event) => text_event(event, line),
+            Record::Stats(stats) => {
+                let lost: u64 = stats.losses.iter().map(|l| l.total).sum();
+                let _ = write!(
+                    line,
+                    "{} STATS submitted={} decoded={} lost={lost} decode_errors={}",
+                    stats.time, stats.kernel_submitted, stats.events_decoded, stats.decode_errors
+                );
+            }
             Record::Loss(loss) => {
                 let _ = write!(
                     line,

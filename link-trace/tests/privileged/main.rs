@@ -758,3 +758,88 @@ fn not_root_gets_one_clear_error_line() {
         "{stderr:?}"
     );
 }
+
+#[test]
+fn tiny_ring_accounts_for_every_call_exactly() {
+    if !privileged("tiny_ring_accounts_for_every_call_exactly") {
+        return;
+    }
+    const CALLS: usize = 3000;
+    let dir = TestDir::new("/tmp", "tinyring");
+    let src = dir.file("src");
+    // A comm of our own, so the kernel's counters see this thread's calls only.
+    let saved = harness::thread_comm();
+    let set_comm = |name: &str| {
+        let name = std::ffi::CString::new(name).unwrap();
+        // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    };
+    set_comm("lt-tinyring");
+    let tracer = Tracer::start(&["--comm", "lt-tinyring", "--ring-bytes", "4096"]);
+    for i in 0..CALLS {
+        linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join(&format!("n{i}")), 0).expect("linkat");
+    }
+    let run = tracer.stop();
+    set_comm(&saved);
+    run.assert_clean_exit();
+
+    let prefix = format!("{}/n", dir.path.display());
+    let delivered = run
+        .events()
+        .filter(|e| {
+            e["newpath"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(&prefix))
+        })
+        .count();
+    assert_eq!(
+        run.events().count(),
+        delivered,
+        "only this thread's calls pass the comm filter"
+    );
+    let stats = run
+        .records
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "stats")
+        .expect("a final stats record");
+    let lost: u64 = stats["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["total"].as_u64().unwrap())
+        .sum();
+    let reported: u64 = run
+        .records
+        .iter()
+        .filter(|r| r["kind"] == "loss")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert!(
+        lost > 0,
+        "a 4 KiB ring cannot hold a burst of {CALLS} records"
+    );
+    assert_eq!(reported, lost, "loss records add up to the final stats");
+    assert_eq!(
+        delivered as u64 + lost,
+        CALLS as u64,
+        "calls = delivered + counted lost, exactly"
+    );
+    assert_eq!(
+        stats["kernel_submitted"].as_u64().unwrap(),
+        delivered as u64
+    );
+    for loss in stats["losses"].as_array().unwrap() {
+        let per_cpu: u64 = loss["per_cpu"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            per_cpu,
+            loss["total"].as_u64().unwrap(),
+            "per-CPU counts add up: {loss}"
+        );
+    }
+}
