@@ -13,7 +13,10 @@ use link_trace::{
     output::{Format, render},
 };
 use link_trace_common::{
-    LINK_HEADER_SIZE, LinkEventHeader, PathArg, RECORD_LINK, SyscallId, decode::decode_record,
+    BASE_ABSOLUTE, BASE_CWD, BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS,
+    CTX_PID_NS, CTX_PPID, LinkEventHeader, LinkRecordHeader, PathArg, ProcessContext,
+    RECORD_HEADER_SIZE, RECORD_LINK, SEG_COUNT, SEG_EXE, SEG_NEW_RAW, SEG_OLD_BASE, SEG_OLD_RAW,
+    SyscallId, TASK_COMM_LEN, decode::decode_record,
 };
 
 /// Records decoded per benchmark iteration.
@@ -21,104 +24,161 @@ const RECORDS: usize = 1024;
 /// The output thread writes a batch once it holds this much (as output.rs does).
 const BATCH_BYTES: usize = 64 * 1024;
 
-/// One raw ring record laid out as the kernel sends it: the header, then the
-/// old path's bytes, then the new path's.
-fn raw_record(
-    old: &[u8],
-    new: &[u8],
+/// One call as a program on the host would make it.
+struct Call {
     syscall: SyscallId,
+    old: Vec<u8>,
+    new: Vec<u8>,
     ret: i64,
-    index: u64,
-    comm: &[u8],
-) -> Vec<u8> {
-    let mut comm_bytes = [0u8; 16];
-    let len = comm.len().min(15);
-    comm_bytes[..len].copy_from_slice(&comm[..len]);
+    /// The caller's working directory, when the paths are relative to it.
+    cwd: Option<&'static [u8]>,
+    exe: &'static [u8],
+    comm: &'static [u8],
+}
+
+/// The raw ring record the kernel sends for `call`, laid out as
+/// link-trace-common/src/decode.rs's tests do: the header, then the
+/// segments in SEG_* order (old and new path, the old path's base when it
+/// is relative — the new one shares it — and the executable).
+fn raw_record(call: &Call, index: u64) -> Vec<u8> {
+    let mut segments: [&[u8]; SEG_COUNT] = [&[]; SEG_COUNT];
+    segments[SEG_OLD_RAW] = &call.old;
+    segments[SEG_NEW_RAW] = &call.new;
+    segments[SEG_OLD_BASE] = call.cwd.unwrap_or_default();
+    segments[SEG_EXE] = call.exe;
+    let mut comm = [0u8; TASK_COMM_LEN];
+    let len = call.comm.len().min(TASK_COMM_LEN - 1);
+    comm[..len].copy_from_slice(&call.comm[..len]);
     let enter = 1_000_000_000_000 + index * 7_919;
-    let header = LinkEventHeader {
-        record_type: RECORD_LINK,
-        record_len: (LINK_HEADER_SIZE + old.len() + new.len()) as u32,
-        enter_boot_ns: enter,
-        exit_boot_ns: enter + 2_500 + index % 1_000,
-        ret,
-        tgid: 4_000 + (index % 37) as u32,
-        tid: 4_000 + (index % 41) as u32,
-        uid: 1_000,
-        gid: 1_000,
-        syscall: syscall as u32,
-        flags: 0,
-        olddirfd: -100,
-        newdirfd: -100,
-        old: PathArg {
-            len: old.len() as u16,
-            ..Default::default()
-        },
-        new: PathArg {
-            len: new.len() as u16,
-            ..Default::default()
-        },
-        comm: comm_bytes,
+    let pid = 4_000 + (index % 37) as u32;
+    let base = |kind, flags| BaseInfo {
+        kind,
+        flags,
+        ..Default::default()
     };
-    // SAFETY: LinkEventHeader is #[repr(C)] plain integers and byte arrays
-    // without padding (its size is pinned to LINK_HEADER_SIZE).
+    let (old_base, new_base) = match call.cwd {
+        Some(_) => (base(BASE_CWD, 0), base(BASE_CWD, BASE_SAME_AS_OLD)),
+        None => (base(BASE_ABSOLUTE, 0), base(BASE_ABSOLUTE, 0)),
+    };
+    let mut header = LinkRecordHeader {
+        call: LinkEventHeader {
+            record_type: RECORD_LINK,
+            record_len: (RECORD_HEADER_SIZE + segments.iter().map(|s| s.len()).sum::<usize>())
+                as u32,
+            enter_boot_ns: enter,
+            exit_boot_ns: enter + 2_500 + index % 1_000,
+            ret: call.ret,
+            tgid: pid,
+            tid: pid,
+            uid: 1_000,
+            gid: 1_000,
+            syscall: call.syscall as u32,
+            flags: 0,
+            olddirfd: -100,
+            newdirfd: -100,
+            old: PathArg {
+                len: call.old.len() as u16,
+                ..Default::default()
+            },
+            new: PathArg {
+                len: call.new.len() as u16,
+                ..Default::default()
+            },
+            comm,
+        },
+        process: ProcessContext {
+            ppid: 1_000,
+            euid: 1_000,
+            egid: 1_000,
+            fsuid: 1_000,
+            fsgid: 1_000,
+            auid: 1_000,
+            sessionid: 3,
+            valid: CTX_PPID | CTX_CREDS | CTX_AUDIT | CTX_MNT_NS | CTX_PID_NS | CTX_EXE,
+            cgroup_id: 8_812,
+            mnt_ns: 4_026_531_841,
+            pid_ns: 4_026_531_836,
+        },
+        old_base,
+        new_base,
+        ..Default::default()
+    };
+    for (index, segment) in segments.iter().enumerate() {
+        header.seg_len[index] = segment.len() as u16;
+    }
+    for index in [SEG_OLD_BASE, SEG_EXE] {
+        header.walked_len[index] = header.seg_len[index];
+    }
+    // SAFETY: LinkRecordHeader is #[repr(C)] plain integers and byte arrays
+    // without padding (its size is pinned to RECORD_HEADER_SIZE).
     let raw = unsafe {
         std::slice::from_raw_parts(
-            (&header as *const LinkEventHeader).cast::<u8>(),
-            LINK_HEADER_SIZE,
+            (&header as *const LinkRecordHeader).cast::<u8>(),
+            RECORD_HEADER_SIZE,
         )
     };
     let mut bytes = raw.to_vec();
-    bytes.extend_from_slice(old);
-    bytes.extend_from_slice(new);
+    for segment in segments {
+        bytes.extend_from_slice(segment);
+    }
     bytes
 }
 
 /// A mix like a busy build host's: mostly successful linkat calls on long
-/// absolute paths, some link(2) with relative names, some EEXIST failures,
-/// and one path in 16 that is not UTF-8 (so it also gets base64).
+/// absolute paths, some link(2) with names relative to the working
+/// directory, some EEXIST failures, and one path in 16 that is not UTF-8
+/// (so it also gets base64).
 fn records() -> Vec<Vec<u8>> {
     (0..RECORDS as u64)
-        .map(|i| match i % 16 {
-            0 => raw_record(
-                format!("/var/cache/apt/archives/partial/pkg-{i}.deb").as_bytes(),
-                &[
-                    format!("/var/cache/apt/archives/pkg-{i}-").as_bytes(),
-                    b"\xff\xfe\n.deb",
-                ]
-                .concat(),
-                SyscallId::Linkat,
-                0,
-                i,
-                b"dpkg",
-            ),
-            1..=3 => raw_record(
-                format!("file-{i}.txt").as_bytes(),
-                format!("file-{i}.txt.bak").as_bytes(),
-                SyscallId::Link,
-                0,
-                i,
-                b"ln",
-            ),
-            4 | 5 => raw_record(
-                format!("/srv/data/incoming/batch-{}/part-{i:06}.parquet", i / 64).as_bytes(),
-                format!("/srv/data/published/part-{i:06}.parquet").as_bytes(),
-                SyscallId::Linkat,
-                -17,
-                i,
-                b"rsync",
-            ),
-            _ => raw_record(
-                format!(
-                    "/home/builder/src/project/target/release/deps/liblink_trace-{i:016x}.rlib"
-                )
-                .as_bytes(),
-                format!("/home/builder/src/project/target/release/liblink_trace-{i}.rlib")
-                    .as_bytes(),
-                SyscallId::Linkat,
-                0,
-                i,
-                b"cargo",
-            ),
+        .map(|i| {
+            let call = match i % 16 {
+                0 => Call {
+                    syscall: SyscallId::Linkat,
+                    old: format!("/var/cache/apt/archives/partial/pkg-{i}.deb").into_bytes(),
+                    new: [
+                        format!("/var/cache/apt/archives/pkg-{i}-").as_bytes(),
+                        b"\xff\xfe\n.deb",
+                    ]
+                    .concat(),
+                    ret: 0,
+                    cwd: None,
+                    exe: b"/usr/bin/dpkg",
+                    comm: b"dpkg",
+                },
+                1..=3 => Call {
+                    syscall: SyscallId::Link,
+                    old: format!("file-{i}.txt").into_bytes(),
+                    new: format!("file-{i}.txt.bak").into_bytes(),
+                    ret: 0,
+                    cwd: Some(b"/home/builder/notes"),
+                    exe: b"/usr/bin/ln",
+                    comm: b"ln",
+                },
+                4 | 5 => Call {
+                    syscall: SyscallId::Linkat,
+                    old: format!("/srv/data/incoming/batch-{}/part-{i:06}.parquet", i / 64)
+                        .into_bytes(),
+                    new: format!("/srv/data/published/part-{i:06}.parquet").into_bytes(),
+                    ret: -17,
+                    cwd: None,
+                    exe: b"/usr/bin/rsync",
+                    comm: b"rsync",
+                },
+                _ => Call {
+                    syscall: SyscallId::Linkat,
+                    old: format!(
+                        "/home/builder/src/project/target/release/deps/liblink_trace-{i:016x}.rlib"
+                    )
+                    .into_bytes(),
+                    new: format!("/home/builder/src/project/target/release/liblink_trace-{i}.rlib")
+                        .into_bytes(),
+                    ret: 0,
+                    cwd: None,
+                    exe: b"/home/builder/.cargo/bin/cargo",
+                    comm: b"cargo",
+                },
+            };
+            raw_record(&call, i)
         })
         .collect()
 }
