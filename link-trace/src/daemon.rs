@@ -1,6 +1,6 @@
 //! Runs the pipeline: load and attach, capture until a signal, then drain.
 
-use std::time::Duration;
+use std::{sync::mpsc as std_mpsc, time::Duration};
 
 use anyhow::Context as _;
 use link_trace_common::DRAIN_INTERVAL_MS;
@@ -14,10 +14,12 @@ use crate::{
     capture::{self, Decoder},
     cli::Cli,
     clock::WallClock,
+    detect::{self, Detector},
     enrich,
     event::Record,
     loader,
     output::{self, Format},
+    rules::{Engine, RuleSet, Sources},
     stats::{self, LossTracker},
 };
 
@@ -29,13 +31,29 @@ const LOSS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+
+    // A bad rule file stops us before anything is attached.
+    let sources = cli.rules.sources();
+    let rules = sources.load()?;
+    let mut rules_in_force = rules.rules.len();
+    let warnings = rules.warnings.clone();
 
     let mut tracer = loader::load(&cli)?;
     let format = if cli.json { Format::Json } else { Format::Text };
-    // capture → enrich → output, each joined by a bounded queue.
+    // capture → enrich → detect → output, each joined by a bounded queue.
     let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
-    let (enriched_tx, output_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
+    let (enriched_tx, detect_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
+    let (detected_tx, output_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
+    let (reload_tx, reload_rx) = std_mpsc::channel::<RuleSet>();
     let writer = output::spawn(format, output_rx);
+    let detector = detect::spawn(
+        detect_rx,
+        detected_tx,
+        Detector::new(Engine::new(rules), cli.alerts_only),
+        reload_rx,
+    )
+    .context("start the detection thread")?;
     let enricher = enrich::spawn(enrich_rx, enriched_tx).context("start the enrichment thread")?;
 
     let mut decoder = Decoder::new(WallClock::sample());
@@ -52,6 +70,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         .map_err(|e| anyhow::anyhow!("poll the ring buffer: {e}"))?;
     eprintln!(
         "link-trace: tracing link and linkat (syscalls:sys_enter/exit_link, _linkat); Ctrl-C to stop"
+    );
+    for warning in warnings {
+        eprintln!("link-trace: warning: {warning}");
+    }
+    eprintln!(
+        "link-trace: {rules_in_force} detection rules in force; SIGHUP reloads the rule files"
     );
 
     loop {
@@ -73,6 +97,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 decoder.clock = WallClock::sample();
                 report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
             }
+            _ = sighup.recv() => {
+                if let Some(count) = reload(&sources, rules_in_force, &reload_tx) {
+                    rules_in_force = count;
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = tx.closed() => break,
@@ -93,7 +122,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let enrich_undelivered = enricher
         .join()
         .map_err(|_| anyhow::anyhow!("the enrichment thread panicked"))?;
-    let undelivered = summary.events_undelivered + decoder.undelivered + enrich_undelivered;
+    let detected = detector
+        .join()
+        .map_err(|_| anyhow::anyhow!("the detection thread panicked"))?;
+    let undelivered = summary.events_undelivered
+        + decoder.undelivered
+        + enrich_undelivered
+        + detected.undelivered;
     eprintln!(
         "link-trace: {} events captured, {} written, {} lost in the kernel or decoder, {} undelivered",
         decoder.events_decoded(),
@@ -101,11 +136,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         losses.total_lost(),
         undelivered,
     );
+    eprintln!(
+        "link-trace: rules: {} alerts raised, {} undelivered; {} records left out by --alerts-only; {} window evictions",
+        detected.alerts, detected.alerts_undelivered, detected.suppressed, detected.evictions,
+    );
     if let Some(e) = summary.error {
         eprintln!("link-trace: error: output failed: {e}; {undelivered} events were not delivered");
         return Ok(false);
     }
     Ok(true)
+}
+
+/// Loads the rule files again and hands the new set to the detection stage;
+/// a broken file keeps the rules in force. Returns the new rule count.
+fn reload(sources: &Sources, in_force: usize, tx: &std_mpsc::Sender<RuleSet>) -> Option<usize> {
+    match sources.load() {
+        Ok(set) => {
+            for warning in &set.warnings {
+                eprintln!("link-trace: warning: {warning}");
+            }
+            let count = set.rules.len();
+            if tx.send(set).is_err() {
+                eprintln!("link-trace: error: rule reload failed: the detection stage has stopped");
+                return None;
+            }
+            eprintln!("link-trace: reloaded rules: {count} in force");
+            Some(count)
+        }
+        Err(e) => {
+            eprintln!(
+                "link-trace: error: rule reload failed, keeping the {in_force} rules in force: {}",
+                crate::error_chain(&e)
+            );
+            None
+        }
+    }
 }
 
 async fn report_stats(

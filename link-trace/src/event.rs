@@ -15,7 +15,7 @@ use link_trace_common::{
 };
 #[cfg(test)]
 use link_trace_common::{LinkEventHeader, LinkRecordHeader, PATH_READ_FAILED, RECORD_LINK};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{clock::WallClock, names, resolve};
 
@@ -28,11 +28,37 @@ pub enum Record {
     Event(Box<LinkEvent>),
     Loss(LossRecord),
     Stats(StatsRecord),
+    Alert(Box<AlertRecord>),
+}
+
+/// A detection rule matched: see `rules`. Raised right after the event that
+/// completed the match, in the same stream.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AlertRecord {
+    pub schema_version: u32,
+    /// The triggering event's time.
+    pub time: String,
+    pub rule_id: String,
+    pub title: String,
+    pub severity: crate::rules::Severity,
+    /// MITRE ATT&CK technique ids.
+    pub mitre: Vec<String>,
+    pub tags: Vec<String>,
+    pub message: String,
+    /// The events that triggered the alert, oldest first; the last one
+    /// completed the match.
+    pub event_seqs: Vec<u64>,
+    /// The last triggering event's caller and paths, for convenience.
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub oldpath_resolved: Option<String>,
+    pub newpath_resolved: Option<String>,
 }
 
 /// Periodic totals (and one at exit): what the kernel handed over, what the
 /// daemon decoded, and every loss reason per CPU.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsRecord {
     pub schema_version: u32,
     pub time: String,
@@ -43,7 +69,7 @@ pub struct StatsRecord {
     pub losses: Vec<LossCount>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LossCount {
     pub reason: LossReason,
     pub total: u64,
@@ -274,7 +300,7 @@ pub fn encode_bytes(bytes: &[u8]) -> EncodedBytes {
 }
 
 /// Why events were not delivered, as reported in `loss` records.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LossReason {
     /// The kernel found the ring buffer full.
@@ -291,7 +317,7 @@ pub enum LossReason {
     DecodeError,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LossRecord {
     pub schema_version: u32,
     pub time: String,

@@ -3,19 +3,24 @@
 //! The daemon is a pipeline of small modules: `loader` (load and attach),
 //! `capture` (ring buffer to records), `event` (the JSON model), `output`
 //! (the writer thread), `stats` (loss accounting), tied together by `daemon`.
+//! `rules` evaluates detection rules in the `detect` stage and in `replay`.
 
 pub mod btf;
 pub mod capture;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod daemon;
+pub mod detect;
 pub mod enrich;
 pub mod event;
 pub mod klog;
 pub mod loader;
 pub mod names;
 pub mod output;
+pub mod replay;
 pub mod resolve;
+pub mod rules;
 pub mod stats;
 
 /// An error and its causes on one line: "a: b: c".

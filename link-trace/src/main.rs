@@ -3,14 +3,44 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use link_trace::{cli, daemon, error_chain};
+use link_trace::{
+    cli::{self, Command, RulesCommand},
+    commands, daemon, error_chain,
+};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let mut cli = cli::Cli::parse();
     if let Err(message) = cli.validate() {
         eprintln!("link-trace: error: {message}");
         return ExitCode::from(2);
     }
+    let mut stdout = std::io::stdout().lock();
+    let done = match cli.command.take() {
+        None => return trace(cli),
+        Some(Command::Rules {
+            command: RulesCommand::List { rules },
+        }) => commands::rules_list(&rules, &mut stdout),
+        Some(Command::Rules {
+            command: RulesCommand::Check { files },
+        }) => commands::rules_check(&files, &mut stdout),
+        Some(Command::Replay {
+            file,
+            json,
+            alerts_only,
+            rules,
+        }) => commands::replay(&file, json, alerts_only, &rules, &mut stdout),
+    };
+    match done {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("link-trace: error: output failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn trace(cli: cli::Cli) -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use tokio::sync::mpsc;
 
-use crate::event::{LinkEvent, Record};
+use crate::event::{AlertRecord, LinkEvent, Record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -131,6 +131,7 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
                     loss.time, loss.count, loss.reason, loss.total
                 );
             }
+            Record::Alert(alert) => text_alert(alert, line),
         },
     }
     line.push(b'\n');
@@ -166,6 +167,29 @@ fn text_event(e: &LinkEvent, line: &mut Vec<u8>) {
             let _ = write!(line, " = {} {errno}", e.ret);
         }
     }
+}
+
+fn text_alert(a: &AlertRecord, line: &mut Vec<u8>) {
+    let seqs: Vec<String> = a.event_seqs.iter().map(|s| format!("#{s}")).collect();
+    let _ = write!(
+        line,
+        "{} ALERT {} [{}] {} mitre={} events={} pid={} uid={} comm=",
+        a.time,
+        a.severity.name().to_ascii_uppercase(),
+        a.rule_id,
+        a.title,
+        a.mitre.join(","),
+        seqs.join(","),
+        a.pid,
+        a.uid,
+    );
+    escaped(a.comm.as_bytes(), line);
+    line.extend_from_slice(b": ");
+    // The message carries paths: escape it like them, without the quotes.
+    let start = line.len();
+    escaped(a.message.as_bytes(), line);
+    line.remove(start);
+    line.pop();
 }
 
 fn path_text(bytes: &Option<Vec<u8>>, truncated: bool, error: Option<&str>, line: &mut Vec<u8>) {
@@ -244,6 +268,32 @@ mod tests {
             Some(io::ErrorKind::BrokenPipe)
         );
         assert_eq!((summary.events_written, summary.events_undelivered), (0, 3));
+    }
+
+    #[test]
+    fn alert_text_is_one_escaped_line() {
+        let alert = crate::event::AlertRecord {
+            schema_version: 1,
+            time: "2026-01-01T00:00:00.000000000Z".into(),
+            rule_id: "setuid-link".into(),
+            title: "Setuid file linked".into(),
+            severity: crate::rules::Severity::High,
+            mitre: vec!["T1548.001".into()],
+            tags: vec![],
+            message: "linked /a -> /b\nc".into(),
+            event_seqs: vec![4, 9],
+            pid: 7,
+            uid: 1000,
+            comm: "ln".into(),
+            oldpath_resolved: Some("/a".into()),
+            newpath_resolved: None,
+        };
+        let mut line = Vec::new();
+        render(Format::Text, &Record::Alert(Box::new(alert)), &mut line);
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "2026-01-01T00:00:00.000000000Z ALERT HIGH [setuid-link] Setuid file linked mitre=T1548.001 events=#4,#9 pid=7 uid=1000 comm=\"ln\": linked /a -> /b\\nc\n"
+        );
     }
 
     #[test]

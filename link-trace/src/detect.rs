@@ -1,0 +1,191 @@
+//! The detection stage: evaluates the rules in force on every event, on a
+//! thread of its own between enrichment and output, and puts each alert in
+//! the stream right after the event that raised it.
+//!
+//! New rule sets (SIGHUP) arrive on a channel the thread polls between
+//! records, without a lock; window state carries over (see
+//! `Engine::replace`).
+
+use std::sync::mpsc as std_mpsc;
+
+use tokio::sync::mpsc;
+
+use crate::{
+    event::Record,
+    rules::{Engine, RuleSet},
+};
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DetectSummary {
+    pub events: u64,
+    pub alerts: u64,
+    /// Window groups or entries dropped to bound memory.
+    pub evictions: u64,
+    /// Events not handed on because output was gone.
+    pub undelivered: u64,
+    pub alerts_undelivered: u64,
+    /// Records left out on purpose (`--alerts-only`).
+    pub suppressed: u64,
+}
+
+/// The stage's state, separate from the thread for tests and replay.
+pub struct Detector {
+    pub engine: Engine,
+    alerts_only: bool,
+    alerts: Vec<crate::event::AlertRecord>,
+    pub summary: DetectSummary,
+}
+
+impl Detector {
+    pub fn new(engine: Engine, alerts_only: bool) -> Self {
+        Self {
+            engine,
+            alerts_only,
+            alerts: Vec::new(),
+            summary: DetectSummary::default(),
+        }
+    }
+
+    /// The records to emit for one input record, in order: the record
+    /// itself (unless `--alerts-only` leaves it out), then its alerts.
+    pub fn process(&mut self, record: Record, mut emit: impl FnMut(Record) -> bool) -> bool {
+        if let Record::Event(event) = &record {
+            self.summary.events += 1;
+            self.engine.evaluate(event, &mut self.alerts);
+        }
+        let is_event = matches!(record, Record::Event(_));
+        let keep = !self.alerts_only || matches!(record, Record::Alert(_));
+        let mut delivered = true;
+        if keep {
+            delivered = emit(record);
+            if !delivered {
+                self.summary.undelivered += u64::from(is_event);
+            }
+        } else {
+            self.summary.suppressed += 1;
+        }
+        let alerts = self.alerts.len() as u64;
+        self.summary.alerts += alerts;
+        for alert in self.alerts.drain(..) {
+            if delivered {
+                delivered = emit(Record::Alert(Box::new(alert)));
+                if !delivered {
+                    self.summary.alerts_undelivered += 1;
+                }
+            } else {
+                self.summary.alerts_undelivered += 1;
+            }
+        }
+        self.summary.evictions = self.engine.evictions();
+        delivered
+    }
+}
+
+/// Runs the stage until its input closes or output goes away.
+pub fn spawn(
+    mut rx: mpsc::Receiver<Record>,
+    tx: mpsc::Sender<Record>,
+    mut detector: Detector,
+    reloads: std_mpsc::Receiver<RuleSet>,
+) -> std::io::Result<std::thread::JoinHandle<DetectSummary>> {
+    std::thread::Builder::new()
+        .name("link-trace-detect".into())
+        .spawn(move || {
+            while let Some(record) = rx.blocking_recv() {
+                while let Ok(set) = reloads.try_recv() {
+                    detector.engine.replace(set);
+                }
+                if !detector.process(record, |r| tx.blocking_send(r).is_ok()) {
+                    // Output is gone: count everything still queued, then stop.
+                    rx.close();
+                    while let Ok(record) = rx.try_recv() {
+                        detector.summary.undelivered +=
+                            u64::from(matches!(record, Record::Event(_)));
+                    }
+                    break;
+                }
+            }
+            detector.summary
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::sample_event,
+        rules::{RuleSet, parse_rules},
+    };
+
+    fn engine(text: &str) -> Engine {
+        let mut set = RuleSet::default();
+        set.merge("t", parse_rules("t", text).unwrap());
+        Engine::new(set)
+    }
+
+    const RULE: &str = r#"
+[[rule]]
+id = "pid7"
+title = "pid 7"
+severity = "low"
+condition = { field = "pid", eq = 7 }
+"#;
+
+    fn event() -> Record {
+        Record::Event(Box::new(sample_event(Some(b"a"), Some(b"b"), 0)))
+    }
+
+    #[test]
+    fn alerts_follow_their_event() {
+        let mut d = Detector::new(engine(RULE), false);
+        let mut out = Vec::new();
+        assert!(d.process(event(), |r| {
+            out.push(r);
+            true
+        }));
+        assert!(matches!(out[..], [Record::Event(_), Record::Alert(_)]));
+        assert_eq!((d.summary.events, d.summary.alerts), (1, 1));
+    }
+
+    #[test]
+    fn alerts_only_drops_everything_else() {
+        let mut d = Detector::new(engine(RULE), true);
+        let mut out = Vec::new();
+        d.process(event(), |r| {
+            out.push(r);
+            true
+        });
+        assert!(matches!(out[..], [Record::Alert(_)]));
+        assert_eq!(d.summary.suppressed, 1);
+    }
+
+    #[test]
+    fn a_closed_output_counts_the_undelivered() {
+        let (tx, rx) = mpsc::channel(4);
+        let (out_tx, out_rx) = mpsc::channel(1);
+        drop(out_rx);
+        let (_reload_tx, reload_rx) = std_mpsc::channel();
+        for _ in 0..3 {
+            tx.try_send(event()).unwrap();
+        }
+        drop(tx);
+        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
+        let summary = handle.join().unwrap();
+        assert_eq!(summary.undelivered, 3);
+        assert_eq!(summary.alerts_undelivered, 1);
+    }
+
+    #[test]
+    fn reloaded_rules_apply_to_later_events() {
+        let (tx, rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let (reload_tx, reload_rx) = std_mpsc::channel();
+        reload_tx.send(RuleSet::default()).unwrap();
+        tx.try_send(event()).unwrap();
+        drop(tx);
+        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
+        let summary = handle.join().unwrap();
+        assert_eq!(summary.alerts, 0, "the empty rule set was in force");
+        assert!(matches!(out_rx.blocking_recv(), Some(Record::Event(_))));
+    }
+}

@@ -1,0 +1,630 @@
+//! Conditions: a tree of `all`/`any`/`not` over field tests, read from TOML
+//! and compiled once (field names looked up, types checked, globs built), so
+//! evaluating one on an event allocates nothing.
+//!
+//! A test names a `field` and one operator: `eq`, `ne`, `lt`, `le`, `gt`,
+//! `ge` (a literal, or `{ field = "other" }` to compare two fields), `in`
+//! (a list of literals), `prefix` and `glob` (a string or a list of them;
+//! globs use `globset`: `*` stays within one path component, `**` crosses
+//! them), `exists` (true or false). Every operator but `exists` is false
+//! when the field is null; on `flag_names` (a list) an operator holds when
+//! it holds for any element, and `ne` when `eq` holds for none.
+
+use std::ops::Range;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::field::{Field, Kind, Value};
+
+/// A compile error at a byte range of the rule file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    pub span: Range<usize>,
+    pub message: String,
+}
+
+pub fn located<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Located> {
+    Err(Located {
+        span,
+        message: message.into(),
+    })
+}
+
+/// One or several strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+/// A condition as written in the file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    all: Option<Vec<Spanned<RawCondition>>>,
+    any: Option<Vec<Spanned<RawCondition>>>,
+    not: Option<Box<Spanned<RawCondition>>>,
+    field: Option<Spanned<OneOrMany>>,
+    eq: Option<Spanned<toml::Value>>,
+    ne: Option<Spanned<toml::Value>>,
+    lt: Option<Spanned<toml::Value>>,
+    le: Option<Spanned<toml::Value>>,
+    gt: Option<Spanned<toml::Value>>,
+    ge: Option<Spanned<toml::Value>>,
+    #[serde(rename = "in")]
+    in_: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    prefix: Option<Spanned<OneOrMany>>,
+    glob: Option<Spanned<OneOrMany>>,
+    exists: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Bool(bool),
+    Int(i128),
+    Str(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Literal(Literal),
+    Field(Field),
+}
+
+#[derive(Debug, Clone)]
+pub enum Condition {
+    All(Vec<Condition>),
+    Any(Vec<Condition>),
+    Not(Box<Condition>),
+    Compare {
+        field: Field,
+        op: Op,
+        operand: Operand,
+    },
+    In {
+        field: Field,
+        values: Vec<Literal>,
+    },
+    Prefix {
+        field: Field,
+        prefixes: Vec<Vec<u8>>,
+    },
+    Glob {
+        field: Field,
+        globs: GlobSet,
+    },
+    Exists {
+        field: Field,
+        exists: bool,
+    },
+}
+
+pub fn parse_field(name: &Spanned<String>) -> Result<Field, Located> {
+    Field::parse(name.get_ref()).map_or_else(
+        || {
+            located(
+                name.span(),
+                format!(
+                    "unknown field `{}`; fields are: {}",
+                    name.get_ref(),
+                    Field::names().join(", ")
+                ),
+            )
+        },
+        Ok,
+    )
+}
+
+fn literal(value: &Spanned<toml::Value>, kind: Kind, field: &str) -> Result<Literal, Located> {
+    let lit = match value.get_ref() {
+        toml::Value::Boolean(b) => Literal::Bool(*b),
+        toml::Value::Integer(i) => Literal::Int(i128::from(*i)),
+        toml::Value::String(s) => Literal::Str(s.as_bytes().to_vec()),
+        other => {
+            return located(
+                value.span(),
+                format!(
+                    "a {} cannot be compared; use a boolean, an integer or a string",
+                    other.type_str()
+                ),
+            );
+        }
+    };
+    let fits = matches!(
+        (&lit, kind),
+        (Literal::Bool(_), Kind::Bool)
+            | (Literal::Int(_), Kind::Int)
+            | (Literal::Str(_), Kind::Str | Kind::List)
+    );
+    if !fits {
+        return located(
+            value.span(),
+            format!("field `{field}` is {}, not {}", kind.name(), {
+                match lit {
+                    Literal::Bool(_) => "a boolean",
+                    Literal::Int(_) => "an integer",
+                    Literal::Str(_) => "a string",
+                }
+            }),
+        );
+    }
+    Ok(lit)
+}
+
+fn operand(
+    value: &Spanned<toml::Value>,
+    field: Field,
+    name: &str,
+    op: Op,
+) -> Result<Operand, Located> {
+    if let toml::Value::Table(table) = value.get_ref() {
+        let other = match (table.len(), table.get("field")) {
+            (1, Some(toml::Value::String(other))) => other,
+            _ => return located(value.span(), "a table operand must be { field = \"NAME\" }"),
+        };
+        let Some(other_field) = Field::parse(other) else {
+            return located(value.span(), format!("unknown field `{other}`"));
+        };
+        if other_field.kind() != field.kind() || field.kind() == Kind::List {
+            return located(
+                value.span(),
+                format!(
+                    "fields `{name}` ({}) and `{other}` ({}) cannot be compared",
+                    field.kind().name(),
+                    other_field.kind().name()
+                ),
+            );
+        }
+        return Ok(Operand::Field(other_field));
+    }
+    let lit = literal(value, field.kind(), name)?;
+    let ordered = matches!(op, Op::Lt | Op::Le | Op::Gt | Op::Ge);
+    if ordered && !matches!(lit, Literal::Int(_)) {
+        return located(value.span(), "lt, le, gt and ge compare integers only");
+    }
+    Ok(Operand::Literal(lit))
+}
+
+fn glob_set(patterns: &Spanned<OneOrMany>) -> Result<GlobSet, Located> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns.get_ref().clone().into_vec() {
+        let glob = GlobBuilder::new(&pattern)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .or_else(|e| located(patterns.span(), format!("bad glob `{pattern}`: {e}")))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .or_else(|e| located(patterns.span(), format!("bad glob set: {e}")))
+}
+
+impl Condition {
+    /// Compiles a condition as written; `span` is where it stands.
+    pub fn compile(raw: &Spanned<RawCondition>) -> Result<Condition, Located> {
+        let span = raw.span();
+        let r = raw.get_ref();
+        let ops: Vec<(&str, Option<Range<usize>>)> = vec![
+            ("eq", r.eq.as_ref().map(Spanned::span)),
+            ("ne", r.ne.as_ref().map(Spanned::span)),
+            ("lt", r.lt.as_ref().map(Spanned::span)),
+            ("le", r.le.as_ref().map(Spanned::span)),
+            ("gt", r.gt.as_ref().map(Spanned::span)),
+            ("ge", r.ge.as_ref().map(Spanned::span)),
+            ("in", r.in_.as_ref().map(Spanned::span)),
+            ("prefix", r.prefix.as_ref().map(Spanned::span)),
+            ("glob", r.glob.as_ref().map(Spanned::span)),
+            ("exists", r.exists.as_ref().map(Spanned::span)),
+        ];
+        let given: Vec<&str> = ops
+            .iter()
+            .filter(|(_, s)| s.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let shapes = [r.all.is_some(), r.any.is_some(), r.not.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count()
+            + usize::from(r.field.is_some() || !given.is_empty());
+        if shapes != 1 {
+            return located(
+                span,
+                "a condition is exactly one of: all = [...], any = [...], not = {...}, or a field test { field = \"NAME\", OP = VALUE }",
+            );
+        }
+        if let Some(list) = &r.all {
+            return Ok(Condition::All(compile_list(list, &span, "all")?));
+        }
+        if let Some(list) = &r.any {
+            return Ok(Condition::Any(compile_list(list, &span, "any")?));
+        }
+        if let Some(inner) = &r.not {
+            return Ok(Condition::Not(Box::new(Condition::compile(inner)?)));
+        }
+        let Some(names) = &r.field else {
+            return located(span, format!("`{}` needs a `field`", given.join("`, `")));
+        };
+        let names: Vec<Spanned<String>> = match names.get_ref() {
+            OneOrMany::One(one) => vec![Spanned::new(names.span(), one.clone())],
+            OneOrMany::Many(many) if !many.is_empty() => many
+                .iter()
+                .map(|n| Spanned::new(names.span(), n.clone()))
+                .collect(),
+            OneOrMany::Many(_) => return located(names.span(), "`field` needs a name"),
+        };
+        let mut tests = names
+            .iter()
+            .map(|name| compile_test(r, name, &given, &span))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A list of fields: the test holds when it holds for any of them.
+        Ok(if tests.len() == 1 {
+            tests.remove(0)
+        } else {
+            Condition::Any(tests)
+        })
+    }
+}
+
+fn compile_test(
+    r: &RawCondition,
+    name: &Spanned<String>,
+    given: &[&str],
+    span: &Range<usize>,
+) -> Result<Condition, Located> {
+    let field = parse_field(name)?;
+    let name = name.get_ref().as_str();
+    {
+        if given.len() != 1 {
+            return located(
+                span.clone(),
+                format!(
+                    "a field test takes exactly one operator (eq, ne, lt, le, gt, ge, in, prefix, glob, exists); got {}",
+                    if given.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        given.join(", ")
+                    }
+                ),
+            );
+        }
+        let compare = [
+            (&r.eq, Op::Eq),
+            (&r.ne, Op::Ne),
+            (&r.lt, Op::Lt),
+            (&r.le, Op::Le),
+            (&r.gt, Op::Gt),
+            (&r.ge, Op::Ge),
+        ];
+        for (value, op) in compare {
+            if let Some(value) = value {
+                let operand = operand(value, field, name, op)?;
+                return Ok(Condition::Compare { field, op, operand });
+            }
+        }
+        if let Some(values) = &r.in_ {
+            let values = values
+                .get_ref()
+                .iter()
+                .map(|v| literal(v, field.kind(), name))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Condition::In { field, values });
+        }
+        let text_only = |what: &str, at: Range<usize>| {
+            if matches!(field.kind(), Kind::Str | Kind::List) {
+                Ok(())
+            } else {
+                located(
+                    at,
+                    format!(
+                        "`{what}` needs a string field; `{name}` is {}",
+                        field.kind().name()
+                    ),
+                )
+            }
+        };
+        if let Some(prefixes) = &r.prefix {
+            text_only("prefix", prefixes.span())?;
+            let prefixes = prefixes
+                .get_ref()
+                .clone()
+                .into_vec()
+                .into_iter()
+                .map(String::into_bytes)
+                .collect();
+            return Ok(Condition::Prefix { field, prefixes });
+        }
+        if let Some(patterns) = &r.glob {
+            text_only("glob", patterns.span())?;
+            return Ok(Condition::Glob {
+                field,
+                globs: glob_set(patterns)?,
+            });
+        }
+        match &r.exists {
+            Some(exists) => Ok(Condition::Exists {
+                field,
+                exists: *exists.get_ref(),
+            }),
+            None => located(span.clone(), "no operator"),
+        }
+    }
+}
+
+impl Condition {
+    pub fn matches(&self, e: &crate::event::LinkEvent) -> bool {
+        match self {
+            Condition::All(list) => list.iter().all(|c| c.matches(e)),
+            Condition::Any(list) => list.iter().any(|c| c.matches(e)),
+            Condition::Not(inner) => !inner.matches(e),
+            Condition::Compare { field, op, operand } => {
+                let left = field.get(e);
+                let right = match operand {
+                    Operand::Literal(lit) => lit_value(lit),
+                    Operand::Field(other) => other.get(e),
+                };
+                compare(left, *op, right)
+            }
+            Condition::In { field, values } => {
+                let value = field.get(e);
+                values
+                    .iter()
+                    .any(|lit| compare(value, Op::Eq, lit_value(lit)))
+            }
+            Condition::Prefix { field, prefixes } => {
+                any_str(field.get(e), |s| prefixes.iter().any(|p| s.starts_with(p)))
+            }
+            Condition::Glob { field, globs } => any_str(field.get(e), |s| {
+                use std::os::unix::ffi::OsStrExt;
+                globs.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(s)))
+            }),
+            Condition::Exists { field, exists } => (field.get(e) != Value::Null) == *exists,
+        }
+    }
+}
+
+fn compile_list(
+    list: &[Spanned<RawCondition>],
+    span: &Range<usize>,
+    what: &str,
+) -> Result<Vec<Condition>, Located> {
+    if list.is_empty() {
+        return located(
+            span.clone(),
+            format!("`{what}` needs at least one condition"),
+        );
+    }
+    list.iter().map(Condition::compile).collect()
+}
+
+fn lit_value(lit: &Literal) -> Value<'_> {
+    match lit {
+        Literal::Bool(b) => Value::Bool(*b),
+        Literal::Int(i) => Value::Int(*i),
+        Literal::Str(s) => Value::Str(s),
+    }
+}
+
+fn any_str(value: Value<'_>, test: impl Fn(&[u8]) -> bool) -> bool {
+    match value {
+        Value::Str(s) => test(s),
+        Value::List(items) => items.iter().any(|i| test(i.as_bytes())),
+        _ => false,
+    }
+}
+
+/// `left OP right`; false when either side is null or the types differ.
+fn compare(left: Value<'_>, op: Op, right: Value<'_>) -> bool {
+    use std::cmp::Ordering;
+    if let Value::List(items) = left {
+        let any_eq = items
+            .iter()
+            .any(|i| compare(Value::Str(i.as_bytes()), Op::Eq, right));
+        return match op {
+            Op::Eq => any_eq,
+            Op::Ne => right != Value::Null && !any_eq,
+            _ => false,
+        };
+    }
+    let ordering: Option<Ordering> = match (left, right) {
+        (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(&b)),
+        (Value::Int(a), Value::Int(b)) => Some(a.cmp(&b)),
+        (Value::Str(a), Value::Str(b)) => Some(a.cmp(b)),
+        _ => None,
+    };
+    let Some(ordering) = ordering else {
+        return false;
+    };
+    match op {
+        Op::Eq => ordering.is_eq(),
+        Op::Ne => ordering.is_ne(),
+        Op::Lt => ordering.is_lt(),
+        Op::Le => ordering.is_le(),
+        Op::Gt => ordering.is_gt(),
+        Op::Ge => ordering.is_ge(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{FileInfo, LinkEvent, sample_event};
+
+    fn compile(text: &str) -> Result<Condition, Located> {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            c: Spanned<RawCondition>,
+        }
+        let w: Wrapper = toml::from_str(&format!("c = {text}")).map_err(|e| Located {
+            span: e.span().unwrap_or_default(),
+            message: e.message().to_owned(),
+        })?;
+        Condition::compile(&w.c)
+    }
+
+    fn event() -> LinkEvent {
+        let mut e = sample_event(Some(b"/etc/shadow"), Some(b"x"), 0);
+        e.oldpath.resolved = Some(b"/etc/shadow".to_vec());
+        e.process.fsuid = Some(1000);
+        e.file = Some(FileInfo::new("stat", "8:1".into(), 42, 0o100640, 0, 42, 1));
+        e
+    }
+
+    fn holds(text: &str) -> bool {
+        compile(text)
+            .unwrap_or_else(|e| panic!("{text}: {e:?}"))
+            .matches(&event())
+    }
+
+    #[test]
+    fn equality_and_inequality() {
+        assert!(holds(r#"{ field = "comm", eq = "ln" }"#));
+        assert!(!holds(r#"{ field = "comm", eq = "cp" }"#));
+        assert!(holds(r#"{ field = "comm", ne = "cp" }"#));
+        assert!(holds(r#"{ field = "success", eq = true }"#));
+        assert!(holds(r#"{ field = "pid", eq = 7 }"#));
+        assert!(holds(r#"{ field = "file.setuid", eq = false }"#));
+        assert!(holds(r#"{ field = "file.permissions", eq = "0640" }"#));
+    }
+
+    #[test]
+    fn numeric_comparisons() {
+        assert!(holds(r#"{ field = "uid", ge = 1000 }"#));
+        assert!(!holds(r#"{ field = "uid", gt = 1000 }"#));
+        assert!(holds(r#"{ field = "uid", le = 1000 }"#));
+        assert!(holds(r#"{ field = "file.nlink", lt = 2 }"#));
+        assert!(holds(r#"{ field = "flags", eq = 0x1400 }"#));
+        assert!(holds(r#"{ field = "duration_ns", gt = -1 }"#));
+    }
+
+    #[test]
+    fn field_to_field_comparison() {
+        assert!(holds(r#"{ field = "file.uid", ne = { field = "fsuid" } }"#));
+        assert!(holds(
+            r#"{ field = "file.gid", eq = { field = "file.ino" } }"#
+        ));
+        assert!(!holds(
+            r#"{ field = "file.uid", eq = { field = "fsuid" } }"#
+        ));
+    }
+
+    #[test]
+    fn prefix_glob_and_sets() {
+        assert!(holds(r#"{ field = "oldpath_resolved", prefix = "/etc/" }"#));
+        assert!(holds(
+            r#"{ field = "oldpath_resolved", prefix = ["/x", "/etc/sh"] }"#
+        ));
+        assert!(!holds(
+            r#"{ field = "newpath_resolved", prefix = "/etc/" }"#
+        ));
+        assert!(holds(
+            r#"{ field = "oldpath_resolved", glob = "/etc/sha*" }"#
+        ));
+        assert!(holds(
+            r#"{ field = "oldpath_resolved", glob = "/**/shadow" }"#
+        ));
+        // `*` stays within one component.
+        assert!(!holds(r#"{ field = "oldpath_resolved", glob = "/*" }"#));
+        assert!(holds(r#"{ field = "oldpath_resolved", glob = "/**" }"#));
+        assert!(holds(r#"{ field = "comm", in = ["cp", "ln"] }"#));
+        assert!(!holds(r#"{ field = "comm", in = ["cp", "mv"] }"#));
+        assert!(holds(r#"{ field = "uid", in = [0, 1000] }"#));
+        assert!(holds(
+            r#"{ field = "oldpath_name", in = ["shadow", "gshadow"] }"#
+        ));
+    }
+
+    #[test]
+    fn lists_match_any_element() {
+        assert!(holds(r#"{ field = "flag_names", eq = "AT_EMPTY_PATH" }"#));
+        assert!(!holds(r#"{ field = "flag_names", ne = "AT_EMPTY_PATH" }"#));
+        assert!(holds(r#"{ field = "flag_names", ne = "0x8" }"#));
+        assert!(holds(
+            r#"{ field = "flag_names", in = ["0x8", "AT_SYMLINK_FOLLOW"] }"#
+        ));
+        assert!(holds(r#"{ field = "flag_names", prefix = "AT_EMPTY" }"#));
+    }
+
+    #[test]
+    fn null_matches_nothing_but_exists() {
+        assert!(!holds(r#"{ field = "new_file.uid", eq = 0 }"#));
+        assert!(!holds(r#"{ field = "new_file.uid", ne = 0 }"#));
+        assert!(!holds(r#"{ field = "auid", lt = 5 }"#));
+        assert!(!holds(r#"{ field = "exe", prefix = "/" }"#));
+        assert!(holds(r#"{ field = "new_file.uid", exists = false }"#));
+        assert!(holds(r#"{ field = "file.uid", exists = true }"#));
+        assert!(holds(r#"{ not = { field = "new_file.uid", eq = 0 } }"#));
+        assert!(!holds(r#"{ field = "errno", eq = { field = "exe" } }"#));
+    }
+
+    #[test]
+    fn boolean_combinators() {
+        assert!(holds(
+            r#"{ all = [{ field = "comm", eq = "ln" }, { not = { field = "pid", eq = 1 } }] }"#
+        ));
+        assert!(!holds(
+            r#"{ all = [{ field = "comm", eq = "ln" }, { field = "pid", eq = 1 }] }"#
+        ));
+        assert!(holds(
+            r#"{ any = [{ field = "pid", eq = 1 }, { field = "pid", eq = 7 }] }"#
+        ));
+        assert!(!holds(r#"{ any = [{ field = "pid", eq = 1 }] }"#));
+    }
+
+    fn error(text: &str) -> String {
+        match compile(text) {
+            Ok(_) => panic!("{text} compiled"),
+            Err(e) => e.message,
+        }
+    }
+
+    #[test]
+    fn bad_conditions_say_what_is_wrong() {
+        assert!(error(r#"{ field = "nope", eq = 1 }"#).starts_with("unknown field `nope`"));
+        assert!(error(r#"{ field = "pid", eq = "7" }"#).contains("is an integer, not a string"));
+        assert!(error(r#"{ field = "comm", gt = "a" }"#).contains("compare integers only"));
+        assert!(error(r#"{ field = "pid", eq = 1, ne = 2 }"#).contains("got eq, ne"));
+        assert!(error(r#"{ field = "pid" }"#).contains("got none"));
+        assert!(error(r#"{ eq = 1 }"#).contains("needs a `field`"));
+        assert!(error(r#"{ field = "pid", prefix = "1" }"#).contains("needs a string field"));
+        assert!(error(r#"{ field = "comm", glob = "[" }"#).contains("bad glob `[`"));
+        assert!(error(r#"{ field = "pid", eq = 1.5 }"#).contains("a float cannot be compared"));
+        assert!(error(r#"{ all = [] }"#).contains("at least one"));
+        assert!(
+            error(r#"{ all = [{ field = "pid", eq = 1 }], any = [] }"#).contains("exactly one")
+        );
+        assert!(
+            error(r#"{ field = "pid", eq = { field = "comm" } }"#).contains("cannot be compared")
+        );
+        assert!(error(r#"{ field = "pid", equals = 1 }"#).contains("unknown field `equals`"));
+    }
+
+    #[test]
+    fn errors_point_at_the_offending_part() {
+        let text = r#"{ all = [{ field = "pid", eq = 1 }, { field = "bogus", eq = 1 }] }"#;
+        let err = compile(text).unwrap_err();
+        assert_eq!(&format!("c = {text}")[err.span], "\"bogus\"");
+    }
+}
