@@ -1,10 +1,13 @@
 //! Load generator for `cargo xtask bench`.
 //!
 //! ```text
-//! bench-load pairs COUNT [DIR]     linkat(src, dst) then unlink(dst), COUNT times
-//! bench-load getppid COUNT         getppid(), COUNT times (a syscall link-trace does not trace)
-//! bench-load flood SECONDS [DIR]   linkat+unlink pairs as fast as possible for SECONDS
+//! bench-load [--comm NAME] pairs COUNT [DIR]     linkat(src, dst) then unlink(dst), COUNT times
+//! bench-load [--comm NAME] getppid COUNT         getppid(), COUNT times (a syscall link-trace does not trace)
+//! bench-load [--comm NAME] flood SECONDS [DIR]   linkat+unlink pairs as fast as possible for SECONDS
 //! ```
+//!
+//! `--comm NAME` renames the process (its comm, at most 15 bytes) before the
+//! loop, so that a tracer can select this generator's calls by name.
 //!
 //! The link work happens in a fresh directory of its own under DIR (default
 //! /dev/shm, a tmpfs), removed at the end. Every run prints one line on
@@ -68,7 +71,15 @@ impl std::fmt::Display for Report {
 }
 
 fn run(args: &[String]) -> Result<Report, String> {
-    let usage = "usage: bench-load pairs COUNT [DIR] | getppid COUNT | flood SECONDS [DIR]";
+    let usage =
+        "usage: bench-load [--comm NAME] pairs COUNT [DIR] | getppid COUNT | flood SECONDS [DIR]";
+    let args = match args {
+        [flag, name, rest @ ..] if flag == "--comm" => {
+            set_comm(name)?;
+            rest
+        }
+        _ => args,
+    };
     let (op, number, dir) = match args {
         [op, number] => (op.as_str(), number, DEFAULT_DIR),
         [op, number, dir] if op != "getppid" => (op.as_str(), number, dir.as_str()),
@@ -90,6 +101,22 @@ fn run(args: &[String]) -> Result<Report, String> {
         "getppid" => Ok(getppid(number.min(MAX_CALLS))),
         _ => Err(usage.into()),
     }
+}
+
+/// Renames the calling thread, the only one: its comm is what tracers see.
+fn set_comm(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("--comm {name:?}: a comm has 1 to 15 bytes"));
+    }
+    let name = CString::new(name).map_err(|e| format!("--comm {name:?}: {e}"))?;
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    if unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) } != 0 {
+        return Err(format!(
+            "prctl(PR_SET_NAME): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// The source file and the name the loop links it to.

@@ -10,7 +10,7 @@
 //!    same rounds.
 //! 3. A 10 s flood from two generators with link-trace attached: every call
 //!    made must be an event captured or a loss counted.
-//! 4. In-kernel cost per program run from `kernel.bpf_stats_enabled`.
+//! 4. In-kernel cost per program run from the kernel's BPF run-time stats.
 //! 5. link-trace's resident set at the end of the flood, and its start-up.
 //! 6. The userspace pipeline's throughput (criterion, `benches/pipeline.rs`).
 
@@ -19,6 +19,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader},
+    os::fd::{FromRawFd as _, OwnedFd},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -43,11 +44,9 @@ pub const MIN_ROUNDS: usize = 5;
 const LOAD_RUN: Duration = Duration::from_secs(1);
 const FLOOD_SECONDS: u64 = 10;
 const FLOOD_GENERATORS: usize = 2;
-/// The generators' comm: the flood traces only them, so that link calls of
-/// other processes on a shared machine stay out of the accounting.
-const LOAD_COMM: &str = "bench-load";
 const LINK_PROGRAMS: [&str; 4] = ["link_enter", "linkat_enter", "link_exit", "linkat_exit"];
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Processes that would skew a round if they ran beside it.
+const FOREIGN: [&str; 3] = ["link-trace", "bpftrace", "bench-load"];
 /// The peer: what a one-line bpftrace watch of linkat would print.
 const BPFTRACE_SCRIPT: &str = r#"tracepoint:syscalls:sys_enter_linkat { printf("%d %s %s %s\n", pid, comm, str(args->oldname), str(args->newname)); }"#;
 const CRITERION_BENCH: &str = "pipeline/decode_event_render_json";
@@ -74,12 +73,14 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
     let machine = machine()?;
     let pipeline = pipeline_throughput()?;
     let load = Load::calibrate()?;
+    let load_average_start = load_average();
     let rounds = alternate(&load, rounds)?;
     let (kernel, flood) = {
         let _stats = BpfStats::enable()?;
         (kernel_cost(&load)?, flood(&load)?)
     };
     let report = Report {
+        load_averages: [load_average_start, load_average()],
         machine,
         load,
         rounds,
@@ -502,6 +503,10 @@ struct Rounds {
     link_trace: Summary,
     /// linkat calls bench-load made while link-trace was attached.
     link_trace_calls: u64,
+    /// Runs that began with another tracer or generator on the machine, and
+    /// which ones were seen.
+    crowded_runs: usize,
+    foreign: BTreeSet<String>,
 }
 
 fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
@@ -512,9 +517,15 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
         startups: Vec::new(),
         link_trace: Summary::default(),
         link_trace_calls: 0,
+        crowded_runs: 0,
+        foreign: BTreeSet::new(),
     };
     for round in 1..=count {
         for (index, config) in CONFIGS.into_iter().enumerate() {
+            // None of ours runs between two runs: whatever is found is not ours.
+            let foreign = foreign_processes();
+            rounds.crowded_runs += usize::from(!foreign.is_empty());
+            rounds.foreign.extend(foreign);
             let mut tracer = match config {
                 Config::None => None,
                 Config::LinkTrace => Some(Tracer::link_trace(&[])?),
@@ -525,10 +536,15 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
             if let Some(tracer) = tracer.as_mut() {
                 tracer.ensure_running()?;
             }
+            let mut note = String::new();
             match tracer {
                 Some(tracer) if config == Config::LinkTrace => {
                     rounds.startups.push(tracer.startup);
                     let summary = tracer.stop_link_trace()?;
+                    note = format!(
+                        "; link-trace: {} captured, {} lost, {} undelivered",
+                        summary.captured, summary.lost, summary.undelivered
+                    );
                     rounds.link_trace_calls += pairs.calls;
                     rounds.link_trace.captured += summary.captured;
                     rounds.link_trace.written += summary.written;
@@ -539,7 +555,7 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
                 None => {}
             }
             eprintln!(
-                "xtask: round {round}/{count}, {}: {:.0} ns/pair, {:.1} ns/getppid",
+                "xtask: round {round}/{count}, {}: {:.0} ns/pair, {:.1} ns/getppid{note}",
                 config.label(),
                 pairs.ns_per_op,
                 getppid.ns_per_op
@@ -551,33 +567,71 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
     Ok(rounds)
 }
 
-/// Sets `kernel.bpf_stats_enabled=1` and puts the previous value back when dropped.
+/// Other tracers and load generators running now, by name.
+fn foreign_processes() -> BTreeSet<String> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|entry| fs::read_to_string(entry.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_owned())
+        .filter(|comm| FOREIGN.contains(&comm.as_str()) || comm.starts_with("bl-"))
+        .collect()
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| Some(text.split_whitespace().next()?.to_owned()))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The kernel's BPF run-time statistics, on for as long as this lives.
+///
+/// This is what `sysctl kernel.bpf_stats_enabled=1` turns on, asked for with
+/// `bpf(BPF_ENABLE_STATS)` instead: the kernel counts that request apart from
+/// the sysctl and ends it when the fd closes, so nobody else writing the
+/// sysctl during the run can switch the stats off under the measurement, and
+/// the sysctl is never left changed (not even when the bench is killed).
 struct BpfStats {
-    previous: String,
+    _fd: OwnedFd,
 }
 
 impl BpfStats {
     fn enable() -> anyhow::Result<Self> {
-        let previous =
-            fs::read_to_string(BPF_STATS).with_context(|| format!("read {BPF_STATS}"))?;
-        fs::write(BPF_STATS, "1").with_context(|| format!("write 1 to {BPF_STATS}"))?;
-        eprintln!(
-            "xtask: sysctl kernel.bpf_stats_enabled=1 (was {})",
-            previous.trim()
-        );
-        Ok(Self { previous })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        match fs::write(BPF_STATS, self.previous.trim()) {
-            Ok(()) => eprintln!(
-                "xtask: sysctl kernel.bpf_stats_enabled={} (restored)",
-                self.previous.trim()
-            ),
-            Err(e) => eprintln!("xtask: warning: could not restore {BPF_STATS}: {e}"),
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        const BPF_STATS_RUN_TIME: u32 = 0;
+        // `union bpf_attr`'s enable_stats member: one u32, the stats type.
+        let attr = BPF_STATS_RUN_TIME;
+        // SAFETY: bpf(2) reads `size` bytes of attr, which outlives the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &attr as *const u32,
+                std::mem::size_of::<u32>() as libc::c_uint,
+            )
+        };
+        let fd = i32::try_from(fd).unwrap_or(-1);
+        if fd < 0 {
+            bail!(
+                "bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME): {}",
+                std::io::Error::last_os_error()
+            );
         }
+        eprintln!("xtask: BPF run-time stats on (bpf(BPF_ENABLE_STATS))");
+        // SAFETY: a new fd that nothing else owns.
+        Ok(Self {
+            _fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 }
 
@@ -654,7 +708,14 @@ fn kernel_cost(load: &Load) -> anyhow::Result<Vec<ProgStats>> {
     Ok(stats)
 }
 
+/// The flood generators' comm: `bl-` and this process's id.
+fn flood_comm() -> String {
+    format!("bl-{}", std::process::id())
+}
+
 struct Flood {
+    /// Other tracers and generators running when the flood began.
+    foreign: BTreeSet<String>,
     calls: u64,
     summary: Summary,
     vm_hwm_kib: u64,
@@ -663,13 +724,18 @@ struct Flood {
 }
 
 fn flood(load: &Load) -> anyhow::Result<Flood> {
-    let mut tracer = Tracer::link_trace(&["--comm", LOAD_COMM])?;
+    // Only the generators are traced, under a name of this run's own, so
+    // that link calls of anything else on a shared machine (another bench
+    // included) stay out of the accounting.
+    let comm = flood_comm();
+    let foreign = foreign_processes();
+    let mut tracer = Tracer::link_trace(&["--comm", &comm])?;
     let seconds = FLOOD_SECONDS.to_string();
     eprintln!(
-        "xtask: flood: {FLOOD_GENERATORS} generators for {FLOOD_SECONDS} s, link-trace --comm {LOAD_COMM}"
+        "xtask: flood: {FLOOD_GENERATORS} generators for {FLOOD_SECONDS} s, link-trace --comm {comm}"
     );
     let generators = (0..FLOOD_GENERATORS)
-        .map(|_| load.spawn(&["flood", &seconds]))
+        .map(|_| load.spawn(&["--comm", &comm, "flood", &seconds]))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut calls = 0;
     for generator in generators {
@@ -692,6 +758,7 @@ fn flood(load: &Load) -> anyhow::Result<Flood> {
     let summary = tracer.stop_link_trace()?;
     eprintln!("xtask: flood: {calls} calls; {summary:?}");
     Ok(Flood {
+        foreign,
         calls,
         summary,
         vm_hwm_kib,
@@ -723,6 +790,8 @@ fn met(ok: bool) -> &'static str {
 }
 
 struct Report {
+    /// 1-minute load average before the rounds and at the end.
+    load_averages: [String; 2],
     machine: Machine,
     load: Load,
     rounds: Rounds,
@@ -739,13 +808,29 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nlink-trace benchmarks, {} (link-trace {}); machine: Linux {}, {}, {} cores",
+            "\nlink-trace benchmarks, {} (link-trace {}); machine: Linux {}, {}, {} cores\n",
             m.date, m.commit, m.kernel, m.cpu, m.cores
         );
         let _ = writeln!(
             out,
             "{} alternating rounds of {} linkat+unlink pairs and {} getppid calls per configuration; medians (min–max)\n",
             r.count, self.load.pairs, self.load.getppids
+        );
+        let seen = |names: &BTreeSet<String>| names.iter().cloned().collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "Load average (1 min): {} before the rounds, {} at the end. Other tracers or load generators running at the start of {} of {} runs{}{}; at the start of the flood: {}.\n",
+            self.load_averages[0],
+            self.load_averages[1],
+            r.crowded_runs,
+            r.count * CONFIGS.len(),
+            if r.foreign.is_empty() { "" } else { ": " },
+            seen(&r.foreign),
+            if self.flood.foreign.is_empty() {
+                "none".to_owned()
+            } else {
+                seen(&self.flood.foreign)
+            },
         );
         let _ = writeln!(
             out,
@@ -797,7 +882,8 @@ impl Report {
         let balanced = f.calls == s.captured + s.lost;
         row(
             &format!(
-                "flood: {FLOOD_GENERATORS} generators × {FLOOD_SECONDS} s, link-trace --comm {LOAD_COMM}, default ring"
+                "flood: {FLOOD_GENERATORS} generators × {FLOOD_SECONDS} s, link-trace --comm {}, default ring",
+                flood_comm()
             ),
             format!(
                 "{} calls made; {} captured + {} lost = {} ({}); {} written, {} undelivered",
@@ -823,7 +909,7 @@ impl Report {
                 .collect();
             runs.sort();
             row(
-                &format!("in-kernel cost ({label}), kernel.bpf_stats_enabled"),
+                &format!("in-kernel cost ({label}), BPF run-time stats"),
                 format!(
                     "{} ns/event (enter+exit); ns/run: {}",
                     ns_per_event(stats).map_or_else(|| "n/a".into(), |ns| format!("{ns:.0}")),
