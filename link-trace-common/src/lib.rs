@@ -246,6 +246,28 @@ pub const WALK_CAP: usize = 8192;
 pub const WALK_MAX_DEPTH: u32 = 40;
 pub const NAME_MAX: usize = 255;
 
+/// `KernelOffsets::optional` bits besides CTX_AUDIT: layouts that allow one
+/// read instead of several.
+/// cred's euid, egid, fsuid, fsgid are four consecutive u32s.
+pub const OPT_CRED_BLOCK: u32 = 1 << 8;
+/// task_struct's sessionid directly follows loginuid.
+pub const OPT_AUDIT_PAIR: u32 = 1 << 9;
+
+/// A process's executable path as walked once, cached by tgid and checked
+/// against the exe file it was walked from.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExeCacheEntry {
+    /// The `struct file *` of mm->exe_file the path belongs to.
+    pub exe_file: u64,
+    pub len: u16,
+    pub walked: u16,
+    pub _pad: u32,
+    pub path: [u8; PATH_KEEP_MAX],
+}
+/// Processes whose executable path is cached.
+pub const EXE_CACHE_ENTRIES: u32 = 1024;
+
 /// Byte offsets of the kernel struct members the programs read, taken from
 /// the running kernel's BTF at start-up (never hard-coded).
 #[repr(C)]

@@ -9,19 +9,20 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_task,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user_str},
     },
 };
 use link_trace_common::{
     AT_FDCWD, BASE_ABSOLUTE, BASE_CWD, BASE_DIRFD, BASE_FD_FILE, BASE_NONE, BASE_ROOT,
     BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS, CTX_PID_NS, CTX_PPID,
-    FileFacts, KernelOffsets, NAME_MAX, NEW_CHANGED_AT_EXIT, NEW_REREAD_FAILED,
-    OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OUT_OFFSET_MASK, OutRecord, PATH_KEEP_MAX,
-    PATH_READ_FAILED, PATH_READ_MAX, PendingCall, ProcessContext, RESOLVE_BAD_FD, RESOLVE_DELETED,
-    RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT, RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK,
-    RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE, SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT,
-    SEG_OLD_BASE, WALK_CAP, WALK_END, WALK_MAX_DEPTH,
+    ExeCacheEntry, FileFacts, KernelOffsets, NAME_MAX, NEW_CHANGED_AT_EXIT, NEW_REREAD_FAILED,
+    OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OPT_AUDIT_PAIR, OPT_CRED_BLOCK, OUT_OFFSET_MASK,
+    OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PendingCall, ProcessContext,
+    RESOLVE_BAD_FD, RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT,
+    RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK, RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE,
+    SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, WALK_CAP, WALK_END,
+    WALK_MAX_DEPTH,
 };
 
 /// Filled in by the loader from BTF (see link-trace/src/btf.rs).
@@ -120,8 +121,7 @@ pub fn enrich(call: &PendingCall, out: &mut OutRecord, walk: &mut Walk) {
         place_base(task, out, walk, &new, false);
     }
 
-    if let Ok(walked) = exe_path(task) {
-        append_walk(out, SEG_EXE, walk, walked);
+    if add_exe(task, out, walk).is_ok() {
         out.header.process.valid |= CTX_EXE;
     }
 
@@ -172,17 +172,44 @@ fn base_for(dirfd: i32, empty_path_flag: bool, arg_flags: u16, first: Option<u8>
 #[inline(always)]
 fn place_base(task: u64, out: &mut OutRecord, walk: &Walk, base: &Base, old: bool) {
     let seg = if old { SEG_OLD_BASE } else { SEG_NEW_BASE };
-    let result = resolve(task, base, out);
+    let result = if base.kind == BASE_ROOT {
+        walk_root(task)
+    } else {
+        resolve(task, base, out).map(Some)
+    };
     let info = if old {
         &mut out.header.old_base
     } else {
         &mut out.header.new_base
     };
     match result {
-        Ok((_, walked)) if base.kind == BASE_ROOT && walked <= 1 => info.kind = BASE_ABSOLUTE,
-        Ok(walked) => append_walk(out, seg, walk, walked),
+        Ok(None) => info.kind = BASE_ABSOLUTE,
+        Ok(Some(walked)) => append_walk(out, seg, walk, walked),
         Err(error) => info.error = error,
     }
+}
+
+/// The caller's root for an absolute argument: None when it is the mount
+/// namespace's root "/" (remembered in SLASH_ROOT, so the common case costs
+/// three reads and no walk), else its walked path (a chroot).
+#[inline(always)]
+fn walk_root(task: u64) -> Result<Option<(usize, u16)>, u8> {
+    let root = ptr(task + off!(task_fs))? + off!(fs_root);
+    let pair = [ptr(root + off!(path_mnt))?, ptr(root + off!(path_dentry))?];
+    let cached = crate::SLASH_ROOT
+        .get_ptr_mut(0)
+        .ok_or(RESOLVE_READ_FAILED)?;
+    // SAFETY: a 16-byte map slot; a racing writer stores another valid pair.
+    let cached = unsafe { &mut *cached };
+    if *cached == pair {
+        return Ok(None);
+    }
+    let (start, walked) = walk_path(pair[0], pair[1])?;
+    if walked <= 1 {
+        *cached = pair;
+        return Ok(None);
+    }
+    Ok(Some((start, walked)))
 }
 
 /// Walks the base of one argument into `walk`; returns where the path starts.
@@ -195,10 +222,6 @@ fn resolve(task: u64, base: &Base, out: &mut OutRecord) -> Result<(usize, u16), 
         BASE_CWD => {
             let pwd = fs()? + off!(fs_pwd);
             (ptr(pwd + off!(path_mnt))?, ptr(pwd + off!(path_dentry))?)
-        }
-        BASE_ROOT => {
-            let root = fs()? + off!(fs_root);
-            (ptr(root + off!(path_mnt))?, ptr(root + off!(path_dentry))?)
         }
         _ => {
             let file = fd_file(task, base.dirfd)?;
@@ -411,25 +434,38 @@ fn process_context(task: u64) -> ProcessContext {
         ctx.ppid = ppid;
         ctx.valid |= CTX_PPID;
     }
-    if let Ok(cred) = ptr(task + off!(task_cred))
-        && let (Ok(euid), Ok(egid), Ok(fsuid), Ok(fsgid)) = (
-            read::<u32>(cred + off!(cred_euid)),
-            read::<u32>(cred + off!(cred_egid)),
-            read::<u32>(cred + off!(cred_fsuid)),
-            read::<u32>(cred + off!(cred_fsgid)),
-        )
-    {
-        (ctx.euid, ctx.egid, ctx.fsuid, ctx.fsgid) = (euid, egid, fsuid, fsgid);
-        ctx.valid |= CTX_CREDS;
+    let optional = off!(optional) as u32;
+    if let Ok(cred) = ptr(task + off!(task_cred)) {
+        // One read when the four ids are adjacent (they are on every kernel
+        // seen so far), four otherwise.
+        let ids = if optional & OPT_CRED_BLOCK != 0 {
+            read::<[u32; 4]>(cred + off!(cred_euid))
+        } else {
+            (|| {
+                Ok([
+                    read::<u32>(cred + off!(cred_euid))?,
+                    read::<u32>(cred + off!(cred_egid))?,
+                    read::<u32>(cred + off!(cred_fsuid))?,
+                    read::<u32>(cred + off!(cred_fsgid))?,
+                ])
+            })()
+        };
+        if let Ok([euid, egid, fsuid, fsgid]) = ids {
+            (ctx.euid, ctx.egid, ctx.fsuid, ctx.fsgid) = (euid, egid, fsuid, fsgid);
+            ctx.valid |= CTX_CREDS;
+        }
     }
-    if off!(optional) as u32 & CTX_AUDIT != 0
-        && let (Ok(auid), Ok(sessionid)) = (
-            read::<u32>(task + off!(task_loginuid)),
-            read::<u32>(task + off!(task_sessionid)),
-        )
-    {
-        (ctx.auid, ctx.sessionid) = (auid, sessionid);
-        ctx.valid |= CTX_AUDIT;
+    if optional & CTX_AUDIT != 0 {
+        let ids = if optional & OPT_AUDIT_PAIR != 0 {
+            read::<[u32; 2]>(task + off!(task_loginuid))
+        } else {
+            read::<u32>(task + off!(task_loginuid))
+                .and_then(|auid| Ok([auid, read::<u32>(task + off!(task_sessionid))?]))
+        };
+        if let Ok([auid, sessionid]) = ids {
+            (ctx.auid, ctx.sessionid) = (auid, sessionid);
+            ctx.valid |= CTX_AUDIT;
+        }
     }
     if let Ok(nsproxy) = ptr(task + off!(task_nsproxy))
         && let Ok(mnt_ns) = ptr(nsproxy + off!(nsproxy_mnt_ns))
@@ -465,12 +501,47 @@ fn file_facts(inode: u64) -> Result<FileFacts, u8> {
     })
 }
 
+/// Appends the caller's executable path, walked once per process and then
+/// served from EXE_CACHE while mm->exe_file stays the same file.
 #[inline(always)]
-fn exe_path(task: u64) -> Result<(usize, u16), u8> {
+fn add_exe(task: u64, out: &mut OutRecord, walk: &Walk) -> Result<(), u8> {
     let mm = ptr(task + off!(task_mm))?;
     let exe = ptr(mm + off!(mm_exe_file))?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(entry) = crate::EXE_CACHE.get_ptr(tgid) {
+        // SAFETY: a map value; a concurrent update only swaps in another
+        // complete walk of the same process.
+        let entry = unsafe { &*entry };
+        if entry.exe_file == exe {
+            out.header.walked_len[SEG_EXE] = entry.walked;
+            append(out, SEG_EXE, entry.path.as_ptr(), entry.len as usize);
+            return Ok(());
+        }
+    }
     let path = exe + off!(file_f_path);
-    walk_path(ptr(path + off!(path_mnt))?, ptr(path + off!(path_dentry))?)
+    let (start, walked) = walk_path(ptr(path + off!(path_mnt))?, ptr(path + off!(path_dentry))?)?;
+    append_walk(out, SEG_EXE, walk, (start, walked));
+    let scratch = crate::EXE_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(RESOLVE_READ_FAILED)?;
+    // SAFETY: this CPU's scratch slot.
+    let scratch = unsafe { &mut *scratch };
+    let start = start & 0xfff;
+    let len = WALK_END - start;
+    // SAFETY: start + len == WALK_END <= WALK_CAP; len <= PATH_KEEP_MAX.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            scratch.path.as_mut_ptr().cast(),
+            len as u32,
+            walk.as_ptr().add(start).cast(),
+        )
+    };
+    if ret == 0 {
+        (scratch.exe_file, scratch.len, scratch.walked) = (exe, len as u16, walked);
+        let entry: &ExeCacheEntry = scratch;
+        let _ = crate::EXE_CACHE.insert(tgid, entry, 0);
+    }
+    Ok(())
 }
 
 /// Re-reads one user argument at exit and, if it differs from what entry
@@ -528,12 +599,27 @@ struct CompareState {
     equal: u64,
 }
 
-/// Whether call.paths[at..at+len] equals walk[..len], 8 bytes per bpf_loop
-/// step (a plain loop this long costs the verifier far too much).
+/// Whether call.paths[at..at+len] equals walk[..len]: unrolled for short
+/// strings, 8 bytes per bpf_loop step for long ones (a plain loop that long
+/// costs the verifier far too much).
 #[inline(always)]
 fn same_bytes(call: &PendingCall, at: usize, len: usize) -> bool {
     if at > PATH_KEEP_MAX || len > PATH_KEEP_MAX {
         return false;
+    }
+    // Most paths are short: compare them in straight-line code, and leave
+    // bpf_loop (an indirect call per step) to the long ones.
+    if len <= SHORT_COMPARE {
+        let Some(walk) = crate::WALK.get_ptr(0) else {
+            return false;
+        };
+        // SAFETY: this CPU's scratch slot.
+        let walk = unsafe { &*walk };
+        let mut diff = 0;
+        for i in 0..SHORT_COMPARE / 8 {
+            diff |= masked_word_diff(&call.paths, walk, at, i, len);
+        }
+        return diff == 0;
     }
     let mut state = CompareState {
         entry: call,
@@ -562,20 +648,36 @@ extern "C" fn compare_step(index: u64, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: the entry outlives the loop; WALK is this CPU's slot.
     let (entry, walk) = unsafe { (&*state.entry, &*walk) };
+    let diff = masked_word_diff(
+        &entry.paths,
+        walk,
+        state.at as usize,
+        index as usize,
+        state.len as usize,
+    );
+    if diff != 0 {
+        state.equal = 0;
+        return 1;
+    }
+    0
+}
+
+const SHORT_COMPARE: usize = 64;
+
+/// The differing bits of word `index` of the two strings, limited to the
+/// first `len` bytes.
+#[inline(always)]
+fn masked_word_diff(paths: &[u8], walk: &Walk, at: usize, index: usize, len: usize) -> u64 {
     let offset = index * 8;
-    let rest = state.len.saturating_sub(offset);
+    let rest = len.saturating_sub(offset);
     let mask = if rest >= 8 {
         u64::MAX
     } else {
         (1u64 << (rest * 8)) - 1
     };
-    let a = word(&entry.paths, ((state.at + offset) & 0x1fff) as usize);
-    let b = word(walk, (offset & 0x1fff) as usize);
-    if (a ^ b) & mask != 0 {
-        state.equal = 0;
-        return 1;
-    }
-    0
+    let a = word(paths, (at + offset) & 0x1fff);
+    let b = word(walk, offset & 0x1fff);
+    (a ^ b) & mask
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@
 mod context;
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -23,11 +23,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use link_trace_common::{
-    AT_FDCWD, DEFAULT_RING_BYTES, FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID,
-    LinkRecordHeader, MAX_INFLIGHT, OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX,
-    PATH_TRUNCATED, PathArg, PendingCall, RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS,
-    SEG_NEW_RAW, SEG_OLD_RAW, STAT_COUNT, Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS,
-    WAKEUP_BYTES, WALK_CAP,
+    AT_FDCWD, DEFAULT_RING_BYTES, EXE_CACHE_ENTRIES, ExeCacheEntry, FILTER_COMM,
+    FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID, LinkRecordHeader, MAX_INFLIGHT, OutRecord,
+    PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED, PathArg, PendingCall,
+    RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS, SEG_NEW_RAW, SEG_OLD_RAW, STAT_COUNT,
+    Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES, WALK_CAP,
 };
 
 const OUT_RECORD_SIZE: usize = core::mem::size_of::<OutRecord>();
@@ -43,8 +43,8 @@ static FILTER_FLAGS: Global<u32> = Global::new(0);
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static INFLIGHT: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
-/// Where an entry is assembled before it is copied into INFLIGHT: a
-/// PendingCall is far too large for the 512-byte BPF stack.
+/// An idle PendingCall (all zero) that new INFLIGHT slots are copied from:
+/// a PendingCall is far too large for the 512-byte BPF stack.
 #[map]
 static SCRATCH: PerCpuArray<PendingCall> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -56,6 +56,15 @@ static OUT: Array<OutRecord> = Array::with_max_entries(1, 0);
 /// Per-CPU scratch for path walks and exit-time re-reads.
 #[map]
 pub(crate) static WALK: PerCpuArray<[u8; WALK_CAP]> = PerCpuArray::with_max_entries(1, 0);
+/// Executable paths by tgid (see context::add_exe).
+#[map]
+pub(crate) static EXE_CACHE: LruHashMap<u32, ExeCacheEntry> =
+    LruHashMap::with_max_entries(EXE_CACHE_ENTRIES, 0);
+#[map]
+pub(crate) static EXE_SCRATCH: PerCpuArray<ExeCacheEntry> = PerCpuArray::with_max_entries(1, 0);
+/// A (mnt, dentry) root known to walk to "/" (see context::walk_root).
+#[map]
+pub(crate) static SLASH_ROOT: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map]
@@ -113,10 +122,21 @@ fn count(stat: Stat) {
     }
 }
 
+/// A direct load from the tracepoint record: tracepoint programs may read
+/// their context, and the verifier checks the offset against the record
+/// size. Cheaper than a bpf_probe_read_kernel call per argument.
+///
+/// # Safety
+/// `offset` must be an 8-byte aligned field of the record of type `T`.
+#[inline(always)]
+unsafe fn ctx_field<T>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
 #[inline(always)]
 fn arg<T>(ctx: &TracePointContext, index: usize) -> Result<T, Stat> {
     // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
-    unsafe { ctx.read_at::<T>(ARG0 + index * ARG_SLOT) }.map_err(|_| Stat::ArgReadFailed)
+    Ok(unsafe { ctx_field::<T>(ctx, ARG0 + index * ARG_SLOT) })
 }
 
 /// Whether the calling task passes the user's filters (kernel side, so that
@@ -142,6 +162,7 @@ fn wanted(tgid: u32, uid: u32) -> bool {
     true
 }
 
+#[inline(always)]
 fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
@@ -149,8 +170,9 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     if !wanted(tgid, uid) {
         return Ok(());
     }
-    let call = SCRATCH.get_ptr_mut(0).ok_or(Stat::ScratchUnavailable)?;
-    // SAFETY: the per-CPU scratch slot is ours until this program returns.
+    let call = inflight_slot(ctx, pid_tgid)?;
+    // SAFETY: a map value of this thread's key: only this thread touches it
+    // (entry and exit of one syscall run on its own task).
     let call = unsafe { &mut *call };
 
     let (olddirfd, oldname, newdirfd, newname, flags) = match syscall {
@@ -197,17 +219,30 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     // SAFETY: new_offset <= PATH_KEEP_MAX and PATHS_CAP >= PATH_KEEP_MAX +
     // PATH_READ_MAX, so the read below stays inside `paths`.
     call.header.new = read_path(unsafe { call.paths.as_mut_ptr().add(new_offset) }, newname);
+    Ok(())
+}
 
-    // Overwrites a stale entry of this thread whose exit was never seen.
-    // By reference: a PendingCall copied by value would not fit the BPF stack.
-    let ready: &PendingCall = call;
-    INFLIGHT.insert(pid_tgid, ready, 0).map_err(|_| {
+/// This thread's in-flight slot, written in place. Slots are kept between
+/// calls (exit marks them idle instead of deleting them), so the 8 KiB copy
+/// of an insert is paid once per thread, not once per call.
+#[inline(always)]
+fn inflight_slot(ctx: &TracePointContext, pid_tgid: u64) -> Result<*mut PendingCall, Stat> {
+    if let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid) {
+        return Ok(slot);
+    }
+    let template = SCRATCH.get_ptr(0).ok_or(Stat::ScratchUnavailable)?;
+    // SAFETY: the per-CPU scratch slot, never written: an idle template.
+    let template: &PendingCall = unsafe { &*template };
+    INFLIGHT.insert(pid_tgid, template, 0).map_err(|_| {
         warn!(
             ctx,
             "link-trace: in-flight map refused tid {}", pid_tgid as u32
         );
         Stat::InflightInsertFailed
-    })
+    })?;
+    INFLIGHT
+        .get_ptr_mut(pid_tgid)
+        .ok_or(Stat::InflightInsertFailed)
 }
 
 /// Reads one user path into `dest`, which must have PATH_READ_MAX bytes of room.
@@ -244,7 +279,11 @@ fn read_path(dest: *mut u8, user_ptr: u64) -> PathArg {
 
 fn try_exit(ctx: &TracePointContext) -> Result<(), Stat> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid) else {
+    let call = INFLIGHT
+        .get_ptr_mut(pid_tgid)
+        // SAFETY: a map value of this thread's key, touched by this thread only.
+        .filter(|call| unsafe { (**call).header.record_type } == RECORD_LINK);
+    let Some(call) = call else {
         // Only a caller we would have traced counts as a miss.
         let uid = bpf_get_current_uid_gid() as u32;
         return if wanted((pid_tgid >> 32) as u32, uid) {
@@ -253,10 +292,11 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), Stat> {
             Ok(())
         };
     };
-    // SAFETY: the entry stays valid until removed below; only this thread
-    // (its key) touches it.
-    let result = submit(ctx, unsafe { &*call });
-    let _ = INFLIGHT.remove(pid_tgid);
+    // SAFETY: as above; the slot stays in the map for this thread's next call.
+    let call = unsafe { &mut *call };
+    let result = submit(ctx, call);
+    // Idle until the next entry; an exit without entry is then recognized.
+    call.header.record_type = 0;
     result
 }
 
@@ -276,8 +316,7 @@ fn submit(ctx: &TracePointContext, call: &PendingCall) -> Result<(), Stat> {
     // SAFETY: plain helper call without arguments.
     out.header.call.exit_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
-    out.header.call.ret =
-        unsafe { ctx.read_at::<i64>(EXIT_RET) }.map_err(|_| Stat::ArgReadFailed)?;
+    out.header.call.ret = unsafe { ctx_field::<i64>(ctx, EXIT_RET) };
 
     // Both raw paths, packed as entry stored them.
     let raw_len = call.header.old.len as usize + call.header.new.len as usize;

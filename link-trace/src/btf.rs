@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use link_trace_common::{CTX_AUDIT, KernelOffsets};
+use link_trace_common::{CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CRED_BLOCK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -289,6 +289,18 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.task_loginuid = loginuid;
         offsets.task_sessionid = sessionid;
         offsets.optional |= CTX_AUDIT;
+        if sessionid == loginuid + 4 {
+            offsets.optional |= OPT_AUDIT_PAIR;
+        }
+    }
+    if [offsets.cred_egid, offsets.cred_fsuid, offsets.cred_fsgid]
+        == [
+            offsets.cred_euid + 4,
+            offsets.cred_euid + 8,
+            offsets.cred_euid + 12,
+        ]
+    {
+        offsets.optional |= OPT_CRED_BLOCK;
     }
     Ok(offsets)
 }
