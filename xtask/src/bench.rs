@@ -567,23 +567,58 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
     Ok(rounds)
 }
 
-/// Other tracers and load generators running now, by name.
+/// Other tracers and load generators running now, by name, and tracing BPF
+/// programs loaded now (called between runs, when none of ours is loaded).
 fn foreign_processes() -> BTreeSet<String> {
+    let mut found = tracing_programs();
+    if !found.is_empty() {
+        // Those of a tracer that just exited may take a moment to go.
+        thread::sleep(Duration::from_millis(200));
+        found = tracing_programs();
+    }
     let Ok(entries) = fs::read_dir("/proc") else {
-        return BTreeSet::new();
+        return found;
     };
-    entries
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
+    found.extend(
+        entries
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .filter_map(|entry| fs::read_to_string(entry.path().join("comm")).ok())
+            .map(|comm| comm.trim().to_owned())
+            .filter(|comm| FOREIGN.contains(&comm.as_str()) || comm.starts_with("bl-")),
+    );
+    found
+}
+
+/// "BPF tracepoint program NAME" for every tracing program loaded now.
+fn tracing_programs() -> BTreeSet<String> {
+    const TRACING: [&str; 5] = [
+        "tracepoint",
+        "raw_tracepoint",
+        "kprobe",
+        "tracing",
+        "perf_event",
+    ];
+    let progs = output_of(Command::new("bpftool").args(["prog", "show", "--json"]))
+        .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+        .unwrap_or_default();
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|prog| {
+            let kind = prog["type"].as_str()?;
+            TRACING.contains(&kind).then(|| {
+                let name = prog["name"].as_str().unwrap_or("(unnamed)");
+                format!("BPF {kind} program {name}")
+            })
         })
-        .filter_map(|entry| fs::read_to_string(entry.path().join("comm")).ok())
-        .map(|comm| comm.trim().to_owned())
-        .filter(|comm| FOREIGN.contains(&comm.as_str()) || comm.starts_with("bl-"))
         .collect()
 }
 
@@ -819,7 +854,7 @@ impl Report {
         let seen = |names: &BTreeSet<String>| names.iter().cloned().collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             out,
-            "Load average (1 min): {} before the rounds, {} at the end. Other tracers or load generators running at the start of {} of {} runs{}{}; at the start of the flood: {}.\n",
+            "Load average (1 min): {} before the rounds, {} at the end. Other tracers, load generators or tracing BPF programs present at the start of {} of {} runs{}{}; at the start of the flood: {}.\n",
             self.load_averages[0],
             self.load_averages[1],
             r.crowded_runs,
