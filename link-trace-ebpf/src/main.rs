@@ -98,16 +98,10 @@ pub fn linkat_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// One exit program for both syscalls (their exit records have the same
+/// layout): the kernel verifies it once, which halves start-up.
 #[tracepoint]
 pub fn link_exit(ctx: TracePointContext) -> u32 {
-    if let Err(stat) = try_exit(&ctx) {
-        count(stat);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn linkat_exit(ctx: TracePointContext) -> u32 {
     if let Err(stat) = try_exit(&ctx) {
         count(stat);
     }

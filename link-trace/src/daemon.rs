@@ -23,8 +23,10 @@ use crate::{
     stats::{self, LossTracker},
 };
 
-/// Records queued between capture and output.
-const OUTPUT_QUEUE: usize = 8192;
+/// Records queued between two stages. Small enough that a flood backed up
+/// through all of them stays within the memory budget (an event is ~1-2 KiB
+/// in memory); the kernel ring (8 MiB) is the real buffer.
+const OUTPUT_QUEUE: usize = 1024;
 const LOSS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Returns whether every captured event was delivered.

@@ -33,11 +33,11 @@ fn setup_err(action: impl Into<String>) -> impl FnOnce(String) -> LoadError {
 }
 
 /// (program in the object, tracepoint name in the `syscalls` category)
-const ATTACHMENTS: [(&str, &str); 4] = [
-    ("link_enter", "sys_enter_link"),
-    ("linkat_enter", "sys_enter_linkat"),
-    ("link_exit", "sys_exit_link"),
-    ("linkat_exit", "sys_exit_linkat"),
+/// One exit program serves both syscalls.
+const ATTACHMENTS: [(&str, &[&str]); 3] = [
+    ("link_enter", &["sys_enter_link"]),
+    ("linkat_enter", &["sys_enter_linkat"]),
+    ("link_exit", &["sys_exit_link", "sys_exit_linkat"]),
 ];
 
 /// The loaded programs. Dropping `programs` detaches every tracepoint; the
@@ -92,7 +92,10 @@ pub fn load(cli: &Cli) -> Result<Tracer, LoadError> {
         return Err(LoadError::NotRoot);
     }
     ensure_tracefs()?;
-    for (_, tracepoint) in ATTACHMENTS {
+    for tracepoint in ATTACHMENTS
+        .iter()
+        .flat_map(|(_, tracepoints)| tracepoints.iter())
+    {
         if !tracepoint_exists(tracepoint) {
             return Err(LoadError::MissingTracepoint(tracepoint));
         }
@@ -148,7 +151,7 @@ pub fn load(cli: &Cli) -> Result<Tracer, LoadError> {
     let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
     let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
 
-    for (program, tracepoint) in ATTACHMENTS {
+    for (program, tracepoints) in ATTACHMENTS {
         let prog: &mut TracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| LoadError::Load(format!("program {program} missing from the object")))?
@@ -156,9 +159,11 @@ pub fn load(cli: &Cli) -> Result<Tracer, LoadError> {
             .map_err(|e| LoadError::Load(crate::error_chain(&e)))?;
         prog.load()
             .map_err(|e| LoadError::Load(format!("{program}: {}", crate::error_chain(&e))))?;
-        prog.attach("syscalls", tracepoint).map_err(|e| {
-            setup_err(format!("attach syscalls:{tracepoint}"))(crate::error_chain(&e))
-        })?;
+        for tracepoint in tracepoints {
+            prog.attach("syscalls", tracepoint).map_err(|e| {
+                setup_err(format!("attach syscalls:{tracepoint}"))(crate::error_chain(&e))
+            })?;
+        }
     }
     Ok(Tracer {
         programs: Some(ebpf),

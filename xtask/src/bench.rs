@@ -44,7 +44,7 @@ pub const MIN_ROUNDS: usize = 5;
 const LOAD_RUN: Duration = Duration::from_secs(1);
 const FLOOD_SECONDS: u64 = 10;
 const FLOOD_GENERATORS: usize = 2;
-const LINK_PROGRAMS: [&str; 4] = ["link_enter", "linkat_enter", "link_exit", "linkat_exit"];
+const LINK_PROGRAMS: [&str; 3] = ["link_enter", "linkat_enter", "link_exit"];
 /// Processes that would skew a round if they ran beside it.
 const FOREIGN: [&str; 3] = ["link-trace", "bpftrace", "bench-load"];
 /// The peer: what a one-line bpftrace watch of linkat would print.
@@ -729,7 +729,7 @@ fn program_stats(pid: u32) -> anyhow::Result<Vec<ProgStats>> {
 /// In-kernel cost of one linkat event: entry plus exit program.
 fn ns_per_event(stats: &[ProgStats]) -> Option<f64> {
     let per_run = |name: &str| stats.iter().find(|p| p.name == name)?.ns_per_run();
-    Some(per_run("linkat_enter")? + per_run("linkat_exit")?)
+    Some(per_run("linkat_enter")? + per_run("link_exit")?)
 }
 
 /// One link-trace run (default configuration, stats on) under one generator.
