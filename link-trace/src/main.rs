@@ -14,21 +14,24 @@ fn main() -> ExitCode {
         eprintln!("link-trace: error: {message}");
         return ExitCode::from(2);
     }
+    let Some(command) = cli.command.take() else {
+        // The output thread takes stdout: it must not be locked here.
+        return trace(cli);
+    };
     let mut stdout = std::io::stdout().lock();
-    let done = match cli.command.take() {
-        None => return trace(cli),
-        Some(Command::Rules {
+    let done = match command {
+        Command::Rules {
             command: RulesCommand::List { rules },
-        }) => commands::rules_list(&rules, &mut stdout),
-        Some(Command::Rules {
+        } => commands::rules_list(&rules, &mut stdout),
+        Command::Rules {
             command: RulesCommand::Check { files },
-        }) => commands::rules_check(&files, &mut stdout),
-        Some(Command::Replay {
+        } => commands::rules_check(&files, &mut stdout),
+        Command::Replay {
             file,
             json,
             alerts_only,
             rules,
-        }) => commands::replay(&file, json, alerts_only, &rules, &mut stdout),
+        } => commands::replay(&file, json, alerts_only, &rules, &mut stdout),
     };
     match done {
         Ok(true) => ExitCode::SUCCESS,

@@ -4,14 +4,17 @@
 
 use std::{
     ffi::CString,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
+    os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
 };
 
 use serde_json::Value;
 
-use crate::harness::{TestDir, Tracer, check, cstr, expect_fields, gettid, my_pid, privileged};
+use crate::harness::{
+    TestDir, Tracer, check, close, cstr, expect_fields, gettid, link_with_oldpath_swapped, my_pid,
+    o_tmpfile, open_dir, privileged,
+};
 
 const AT_FDCWD: i32 = libc::AT_FDCWD;
 
@@ -19,29 +22,6 @@ fn linkat(olddirfd: i32, old: &Path, newdirfd: i32, new: &Path, flags: i32) -> R
     let (old, new) = (cstr(old), cstr(new));
     // SAFETY: valid NUL-terminated strings for the duration of the call.
     check(unsafe { libc::linkat(olddirfd, old.as_ptr(), newdirfd, new.as_ptr(), flags) })
-}
-
-fn open_dir(path: &Path) -> i32 {
-    let c = cstr(path);
-    // SAFETY: valid path string.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "open {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    fd
-}
-
-fn close(fd: i32) {
-    // SAFETY: closing our own fd.
-    unsafe { libc::close(fd) };
 }
 
 fn s(path: &Path) -> &str {
@@ -510,16 +490,7 @@ fn empty_path_file_facts_come_from_the_kernel() {
         return;
     }
     let dir = TestDir::new("/tmp", "ctx-fd");
-    let c = cstr(&dir.path);
-    // SAFETY: valid path string.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o640,
-        )
-    };
-    assert!(fd >= 0);
+    let fd = o_tmpfile(&dir.path, libc::O_RDWR, 0o640);
     // SAFETY: valid fd and out-pointer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
@@ -559,39 +530,8 @@ fn empty_path_file_facts_come_from_the_kernel() {
     expect_fields(event, &[("inode_mismatch", false.into())]);
 }
 
-// userfaultfd ABI (linux/userfaultfd.h), for the deterministic TOCTOU test.
-const UFFD_API: u64 = 0xaa;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
-const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
-const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-#[repr(C)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-#[repr(C)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-/// The "Phantom" attack, made deterministic: newpath sits on a page that is
-/// not there yet, so the kernel blocks in userfaultfd while copying it. The
-/// handler rewrites oldpath in that window, during the syscall, after the
-/// tracer's entry read. The tracer must flag the change and show both values.
+/// The "Phantom" attack (see `harness::link_with_oldpath_swapped`): the
+/// tracer must flag the change and show both values.
 #[test]
 fn argument_changed_during_the_call_is_flagged() {
     if !privileged("argument_changed_during_the_call_is_flagged") {
@@ -601,105 +541,31 @@ fn argument_changed_during_the_call_is_flagged() {
     let real = dir.file("benign-src");
     let decoy = dir.file("decoy-src");
     let dst = dir.join("toctou-dst");
-    let page = 4096usize;
-    // SAFETY: raw syscalls and mappings owned by this test; every pointer
-    // passed stays valid for the duration of the call.
-    unsafe {
-        let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
-        assert!(
-            uffd >= 0,
-            "userfaultfd: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: 0,
-            ioctls: 0,
-        };
-        assert_eq!(libc::ioctl(uffd, UFFDIO_API, &mut api), 0, "UFFDIO_API");
-        let region = libc::mmap(
-            std::ptr::null_mut(),
-            page,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        assert_ne!(region, libc::MAP_FAILED);
-        let mut register = UffdioRegister {
-            start: region as u64,
-            len: page as u64,
-            mode: UFFDIO_REGISTER_MODE_MISSING,
-            ioctls: 0,
-        };
-        assert_eq!(
-            libc::ioctl(uffd, UFFDIO_REGISTER, &mut register),
-            0,
-            "UFFDIO_REGISTER"
-        );
+    let (result, run) = link_with_oldpath_swapped(&real, &decoy, &dst, &["--pid", &my_pid()]);
+    result.expect("linkat");
+    // Which name the kernel used depends on the order it copies the two
+    // arguments in; the tracer must flag the change either way.
+    let linked = std::fs::metadata(&dst).expect("dst exists").ino();
+    let used = [&real, &decoy]
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().ino() == linked);
+    assert!(used.is_some(), "dst is a link of one of the two names");
+    run.assert_clean_exit();
 
-        // oldpath: a normal buffer, as long as the decoy so it can be rewritten in place.
-        let mut old = real.as_os_str().as_bytes().to_vec();
-        let decoy_bytes = decoy.as_os_str().as_bytes().to_vec();
-        old.resize(old.len().max(decoy_bytes.len()), b'\0');
-        old.push(0);
-        let old_ptr = old.as_mut_ptr() as usize;
-        let old_len = old.len();
-
-        let mut new_page = vec![0u8; page];
-        new_page[..dst.as_os_str().len()].copy_from_slice(dst.as_os_str().as_bytes());
-        let region_addr = region as u64;
-        let handler = std::thread::spawn(move || {
-            let mut msg = [0u8; 32];
-            let n = libc::read(uffd, msg.as_mut_ptr().cast(), msg.len());
-            assert_eq!(n, 32, "one userfaultfd message");
-            // The kernel has copied oldpath and now waits for newpath: swap
-            // oldpath for the decoy in this window.
-            let buf = std::slice::from_raw_parts_mut(old_ptr as *mut u8, old_len);
-            buf.fill(0);
-            buf[..decoy_bytes.len()].copy_from_slice(&decoy_bytes);
-            let mut copy = UffdioCopy {
-                dst: region_addr,
-                src: new_page.as_ptr() as u64,
-                len: page as u64,
-                mode: 0,
-                copy: 0,
-            };
-            assert_eq!(libc::ioctl(uffd, UFFDIO_COPY, &mut copy), 0, "UFFDIO_COPY");
-        });
-
-        let tracer = Tracer::start(&["--pid", &my_pid()]);
-        let ret = libc::linkat(AT_FDCWD, old.as_ptr().cast(), AT_FDCWD, region.cast(), 0);
-        let errno = std::io::Error::last_os_error();
-        handler.join().expect("fault handler");
-        let run = tracer.stop();
-        libc::munmap(region, page);
-        libc::close(uffd);
-        assert_eq!(ret, 0, "linkat: {errno}");
-        // Which name the kernel used depends on the order it copies the two
-        // arguments in; the tracer must flag the change either way.
-        let linked = std::fs::metadata(&dst).expect("dst exists").ino();
-        let used = [&real, &decoy]
-            .into_iter()
-            .find(|p| std::fs::metadata(p).unwrap().ino() == linked);
-        assert!(used.is_some(), "dst is a link of one of the two names");
-        run.assert_clean_exit();
-
-        let found: Vec<&Value> = run.events().filter(|e| e["oldpath"] == s(&real)).collect();
-        assert_eq!(found.len(), 1, "{:#?}", run.records);
-        let event = found[0];
-        expect_fields(
-            event,
-            &[
-                ("args_changed", true.into()),
-                ("oldpath_at_exit", s(&decoy).into()),
-                // newpath was not mapped at entry, so it could not be read
-                // there; at exit it was, which is itself a change.
-                ("newpath", Value::Null),
-                ("newpath_error", "EFAULT".into()),
-                ("newpath_at_exit", s(&dst).into()),
-                ("success", true.into()),
-            ],
-        );
-    }
+    let found: Vec<&Value> = run.events().filter(|e| e["oldpath"] == s(&real)).collect();
+    assert_eq!(found.len(), 1, "{:#?}", run.records);
+    let event = found[0];
+    expect_fields(
+        event,
+        &[
+            ("args_changed", true.into()),
+            ("oldpath_at_exit", s(&decoy).into()),
+            // newpath was not mapped at entry, so it could not be read
+            // there; at exit it was, which is itself a change.
+            ("newpath", Value::Null),
+            ("newpath_error", "EFAULT".into()),
+            ("newpath_at_exit", s(&dst).into()),
+            ("success", true.into()),
+        ],
+    );
 }

@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
         mpsc,
     },
@@ -55,6 +56,8 @@ pub struct Tracer {
     child: Child,
     stdout: JoinHandle<Vec<String>>,
     stderr: JoinHandle<Vec<String>>,
+    /// stderr lines as they arrive, for tests that wait for one.
+    stderr_seen: Arc<Mutex<Vec<String>>>,
 }
 
 /// What one tracer run printed.
@@ -91,11 +94,16 @@ impl Tracer {
                 .collect()
         });
         let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr_seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&stderr_seen);
         let stderr = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.starts_with(READY_MARK) {
                     let _ = ready_tx.send(());
+                }
+                if let Ok(mut seen) = seen.lock() {
+                    seen.push(line.clone());
                 }
                 lines.push(line);
             }
@@ -105,6 +113,7 @@ impl Tracer {
             child,
             stdout,
             stderr,
+            stderr_seen,
         };
         if ready_rx.recv_timeout(START_TIMEOUT).is_err() {
             let _ = tracer.child.kill();
@@ -155,6 +164,32 @@ impl Tracer {
         }
     }
 
+    /// Sends a signal and leaves the tracer running.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits until a stderr line contains `text` (at most `timeout`); the
+    /// line, or None.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .stderr_seen
+                .lock()
+                .ok()
+                .and_then(|seen| seen.iter().find(|l| l.contains(text)).cloned())
+            {
+                return Some(line);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn collect_raw(self) -> (Vec<String>, Vec<String>) {
         (
             self.stdout.join().expect("stdout reader"),
@@ -187,6 +222,21 @@ impl Run {
             self.stderr
         );
         found[0]
+    }
+
+    pub fn alerts(&self) -> impl Iterator<Item = &Value> {
+        self.records.iter().filter(|r| r["kind"] == "alert")
+    }
+
+    /// The alerts whose triggering events include `event`.
+    pub fn alerts_of(&self, event: &Value) -> Vec<&Value> {
+        self.alerts()
+            .filter(|a| {
+                a["event_seqs"]
+                    .as_array()
+                    .is_some_and(|seqs| seqs.contains(&event["seq"]))
+            })
+            .collect()
     }
 
     pub fn assert_clean_exit(&self) {
@@ -282,4 +332,173 @@ pub fn caller_fields() -> Vec<(&'static str, Value)> {
         ("gid", gid.into()),
         ("comm", thread_comm().into()),
     ]
+}
+
+// userfaultfd ABI (linux/userfaultfd.h), for the deterministic TOCTOU test.
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// The "Phantom" attack, made deterministic: links `real` to `dst` with
+/// newpath on a page that is not there yet, so the kernel blocks in
+/// userfaultfd while copying it; the fault handler rewrites oldpath to
+/// `decoy` in that window, during the syscall, after the tracer's entry
+/// read. The tracer (`link-trace --json ARGS`) runs around the call only.
+/// Returns linkat's result and the tracer's run.
+pub fn link_with_oldpath_swapped(
+    real: &Path,
+    decoy: &Path,
+    dst: &Path,
+    args: &[&str],
+) -> (Result<(), String>, Run) {
+    let page = 4096usize;
+    // SAFETY: raw syscalls and mappings owned by this function; every
+    // pointer passed stays valid for the duration of the call.
+    unsafe {
+        let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+        assert!(
+            uffd >= 0,
+            "userfaultfd: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: 0,
+            ioctls: 0,
+        };
+        assert_eq!(libc::ioctl(uffd, UFFDIO_API, &mut api), 0, "UFFDIO_API");
+        let region = libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(region, libc::MAP_FAILED);
+        let mut register = UffdioRegister {
+            start: region as u64,
+            len: page as u64,
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        assert_eq!(
+            libc::ioctl(uffd, UFFDIO_REGISTER, &mut register),
+            0,
+            "UFFDIO_REGISTER"
+        );
+
+        // oldpath: a normal buffer, as long as the decoy so it can be rewritten in place.
+        let mut old = real.as_os_str().as_bytes().to_vec();
+        let decoy_bytes = decoy.as_os_str().as_bytes().to_vec();
+        old.resize(old.len().max(decoy_bytes.len()), b'\0');
+        old.push(0);
+        let old_ptr = old.as_mut_ptr() as usize;
+        let old_len = old.len();
+
+        let mut new_page = vec![0u8; page];
+        new_page[..dst.as_os_str().len()].copy_from_slice(dst.as_os_str().as_bytes());
+        let region_addr = region as u64;
+        let handler = std::thread::spawn(move || {
+            let mut msg = [0u8; 32];
+            let n = libc::read(uffd, msg.as_mut_ptr().cast(), msg.len());
+            assert_eq!(n, 32, "one userfaultfd message");
+            // The kernel has copied oldpath and now waits for newpath: swap
+            // oldpath for the decoy in this window.
+            let buf = std::slice::from_raw_parts_mut(old_ptr as *mut u8, old_len);
+            buf.fill(0);
+            buf[..decoy_bytes.len()].copy_from_slice(&decoy_bytes);
+            let mut copy = UffdioCopy {
+                dst: region_addr,
+                src: new_page.as_ptr() as u64,
+                len: page as u64,
+                mode: 0,
+                copy: 0,
+            };
+            assert_eq!(libc::ioctl(uffd, UFFDIO_COPY, &mut copy), 0, "UFFDIO_COPY");
+        });
+
+        let tracer = Tracer::start(args);
+        let ret = libc::linkat(
+            libc::AT_FDCWD,
+            old.as_ptr().cast(),
+            libc::AT_FDCWD,
+            region.cast(),
+            0,
+        );
+        let errno = std::io::Error::last_os_error();
+        handler.join().expect("fault handler");
+        let run = tracer.stop();
+        libc::munmap(region, page);
+        libc::close(uffd);
+        let result = if ret == 0 {
+            Ok(())
+        } else {
+            Err(errno.to_string())
+        };
+        (result, run)
+    }
+}
+
+pub fn linkat(olddirfd: i32, old: &Path, newdirfd: i32, new: &Path, flags: i32) -> Result<(), i32> {
+    let (old, new) = (cstr(old), cstr(new));
+    // SAFETY: valid NUL-terminated strings for the duration of the call.
+    check(unsafe { libc::linkat(olddirfd, old.as_ptr(), newdirfd, new.as_ptr(), flags) })
+}
+
+/// A directory opened as a dirfd (O_DIRECTORY | O_RDONLY | O_CLOEXEC).
+pub fn open_dir(path: &Path) -> i32 {
+    let c = cstr(path);
+    // SAFETY: valid path string.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "open {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    fd
+}
+
+/// An unnamed file in `dir` (O_TMPFILE), open with `flags` and `mode`.
+pub fn o_tmpfile(dir: &Path, flags: i32, mode: libc::c_uint) -> i32 {
+    let c = cstr(dir);
+    // SAFETY: valid path string.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_TMPFILE | flags | libc::O_CLOEXEC, mode) };
+    assert!(fd >= 0, "O_TMPFILE: {}", std::io::Error::last_os_error());
+    fd
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
 }

@@ -4,6 +4,7 @@
 
 mod context;
 mod harness;
+mod rules;
 
 use std::{
     os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
@@ -13,7 +14,8 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use harness::{
-    TestDir, Tracer, caller_fields, check, cstr, expect_fields, gettid, my_pid, privileged,
+    TestDir, Tracer, caller_fields, check, cstr, expect_fields, gettid, my_pid, open_dir,
+    privileged,
 };
 use serde_json::{Value, json};
 
@@ -162,19 +164,6 @@ fn link_relative_to_cwd_uses_at_fdcwd() {
     assert!(dir.join("rel-dst").exists());
 }
 
-fn open_dir(path: &Path) -> i32 {
-    let c = cstr(path);
-    // SAFETY: valid path string.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    assert!(fd >= 0, "open {}", path.display());
-    fd
-}
-
 #[test]
 fn linkat_relative_to_dirfds() {
     if !privileged("linkat_relative_to_dirfds") {
@@ -245,16 +234,7 @@ fn linkat_empty_path_materializes_o_tmpfile() {
         return;
     }
     let dir = TestDir::new("/tmp", "tmpfile");
-    let c = cstr(&dir.path);
-    // SAFETY: valid path string.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o600,
-        )
-    };
-    assert!(fd >= 0, "O_TMPFILE: {}", std::io::Error::last_os_error());
+    let fd = harness::o_tmpfile(&dir.path, libc::O_WRONLY, 0o600);
     let dst = dir.join("materialized");
     let tracer = Tracer::start(&["--pid", &my_pid()]);
     let result = linkat(fd, Path::new(""), AT_FDCWD, &dst, libc::AT_EMPTY_PATH);
