@@ -297,7 +297,10 @@ fn output_keeps_records_in_order_with_alerts_after_their_event() {
     let out: Vec<&str> = out.lines().collect();
     for record in &out {
         let value: Value = serde_json::from_str(record).unwrap();
-        let errors: Vec<String> = schema().iter_errors(&value).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = schema()
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{errors:?}: {record}");
     }
     assert_eq!(out.len(), 4, "{out:#?}");
