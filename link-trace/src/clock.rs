@@ -35,13 +35,29 @@ impl WallClock {
     }
 
     /// RFC 3339 UTC with nanoseconds, e.g. 2026-11-21T21:50:16.123456789Z.
+    /// The date-and-second part is formatted once per second (per thread):
+    /// events arrive in bursts within the same second.
     pub fn rfc3339(&self, boot_ns: u64) -> String {
+        use std::fmt::Write as _;
+        thread_local! {
+            static SECOND: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+        }
         let wall = boot_ns as i128 + self.realtime_minus_boot_ns;
         let secs = wall.div_euclid(1_000_000_000) as i64;
         let nsec = wall.rem_euclid(1_000_000_000) as u32;
-        DateTime::<Utc>::from_timestamp(secs, nsec)
-            .unwrap_or_default()
-            .to_rfc3339_opts(SecondsFormat::Nanos, true)
+        SECOND.with_borrow_mut(|(cached_secs, prefix)| {
+            if *cached_secs != secs {
+                let full = DateTime::<Utc>::from_timestamp(secs, 0)
+                    .unwrap_or_default()
+                    .to_rfc3339_opts(SecondsFormat::Secs, true);
+                *prefix = full.trim_end_matches('Z').to_owned();
+                *cached_secs = secs;
+            }
+            let mut out = String::with_capacity(prefix.len() + 11);
+            out.push_str(prefix);
+            let _ = write!(out, ".{nsec:09}Z");
+            out
+        })
     }
 }
 

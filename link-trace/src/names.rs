@@ -25,14 +25,30 @@ pub fn flag_names(flags: u32) -> Vec<Cow<'static, str>> {
     names
 }
 
-/// The symbolic name of a positive errno value, such as "EEXIST".
+/// Errno values below this are named from a table built once.
+const ERRNO_TABLE: i32 = 256;
+
+/// The symbolic name of a positive errno value, such as "EEXIST". On the hot
+/// path, so names come from a table built once rather than a format per call.
 pub fn errno_name(code: i32) -> Cow<'static, str> {
-    let errno = nix::errno::Errno::from_raw(code);
-    if errno == nix::errno::Errno::UnknownErrno {
-        return Cow::Owned(format!("E{code}"));
+    static NAMES: std::sync::OnceLock<Vec<Option<String>>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (0..ERRNO_TABLE)
+            .map(|code| {
+                let errno = nix::errno::Errno::from_raw(code);
+                // nix's Debug output is the variant name, the C macro name.
+                (code > 0 && errno != nix::errno::Errno::UnknownErrno).then(|| format!("{errno:?}"))
+            })
+            .collect()
+    });
+    match usize::try_from(code)
+        .ok()
+        .and_then(|i| names.get(i))
+        .and_then(Option::as_deref)
+    {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("E{code}")),
     }
-    // nix's Debug output is the variant name, which is the C macro name.
-    Cow::Owned(format!("{errno:?}"))
 }
 
 /// "AT_FDCWD" for -100, else the number.

@@ -79,6 +79,9 @@ pub fn resolve(info: &BaseInfo, raw: Option<&[u8]>, base: &[u8]) -> Resolution {
 /// applies ".." (never above "/"). Symlinks are not followed: the kernel
 /// walked the base, and the daemon does not look the rest up.
 pub fn normalize(path: &[u8]) -> Vec<u8> {
+    if is_clean(path) {
+        return path.to_vec();
+    }
     let mut parts: Vec<&[u8]> = Vec::new();
     for part in path.split(|&b| b == b'/') {
         match part {
@@ -100,6 +103,16 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Already absolute with no empty, "." or ".." component and no trailing
+/// slash: the common case, copied as it is.
+fn is_clean(path: &[u8]) -> bool {
+    path.first() == Some(&b'/')
+        && (path.len() == 1 || path.last() != Some(&b'/'))
+        && path[1..]
+            .split(|&b| b == b'/')
+            .all(|part| !matches!(part, b"" | b"." | b"..") || path.len() == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +131,9 @@ mod tests {
         assert_eq!(normalize(b"/../../etc/shadow"), b"/etc/shadow");
         assert_eq!(normalize(b"////"), b"/");
         assert_eq!(normalize(b"/tmp/\xff\n"), b"/tmp/\xff\n");
+        assert_eq!(normalize(b"/"), b"/");
+        assert_eq!(normalize(b"/a/.b/..c"), b"/a/.b/..c");
+        assert_eq!(normalize(b"/a/b/."), b"/a/b");
     }
 
     #[test]
