@@ -9,8 +9,10 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use link_trace::{
     clock::WallClock,
+    detect::Detector,
     event::{LinkEvent, Record},
     output::{Format, render},
+    rules::{Engine, RuleSet},
 };
 use link_trace_common::{
     BASE_ABSOLUTE, BASE_CWD, BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS,
@@ -205,6 +207,28 @@ fn pipeline(c: &mut Criterion) {
                 seq += 1;
                 let event = LinkEvent::from_record(&record, seq, &clock);
                 render(Format::Json, &Record::Event(Box::new(event)), &mut out);
+                if out.len() >= BATCH_BYTES {
+                    black_box(&out);
+                    out.clear();
+                }
+            }
+        });
+    });
+    // The same with the built-in detection rules evaluated on every event
+    // (as the daemon's detect stage does), alerts rendered into the stream.
+    let mut detector = Detector::new(Engine::new(RuleSet::builtin().expect("rules")), false);
+    group.bench_function("decode_event_rules_render_json", |b| {
+        b.iter(|| {
+            for raw in &records {
+                let Ok(record) = decode_record(black_box(raw)) else {
+                    continue;
+                };
+                seq += 1;
+                let event = LinkEvent::from_record(&record, seq, &clock);
+                detector.process(Record::Event(Box::new(event)), |r| {
+                    render(Format::Json, &r, &mut out);
+                    true
+                });
                 if out.len() >= BATCH_BYTES {
                     black_box(&out);
                     out.clear();

@@ -114,6 +114,10 @@ pub enum Condition {
     Glob {
         field: Field,
         globs: GlobSet,
+        /// The literal runs of each pattern: a value can only match a
+        /// pattern that it contains all of, in order, which rules most
+        /// values out without running globset.
+        literals: Vec<GlobLiterals>,
     },
     Exists {
         field: Field,
@@ -205,6 +209,108 @@ fn operand(
         return located(value.span(), "lt, le, gt and ge compare integers only");
     }
     Ok(Operand::Literal(lit))
+}
+
+/// The literal text of a glob pattern: what a match starts with, ends with,
+/// and contains in between, in order.
+#[derive(Debug, Clone)]
+pub struct GlobLiterals {
+    head: Vec<u8>,
+    middle: Vec<memchr::memmem::Finder<'static>>,
+    tail: Vec<u8>,
+    exact: bool,
+}
+
+/// Splits a pattern into its literal runs: `*`, `?`, `[...]` classes,
+/// `{`, `,`, `}` and escaped characters separate them (an escaped
+/// character is left out, which only makes the check looser).
+fn literal_runs(pattern: &[u8]) -> Vec<&[u8]> {
+    let mut runs = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < pattern.len() {
+        let skip_to = match pattern[i] {
+            b'*' | b'?' | b'{' | b',' | b'}' => i + 1,
+            b'\\' => i + 2,
+            // A class ends at the first `]` after its first character.
+            b'[' => pattern
+                .get(i + 2..)
+                .and_then(|rest| rest.iter().position(|&b| b == b']'))
+                .map_or(pattern.len(), |at| i + 2 + at + 1),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        runs.push(&pattern[start..i]);
+        i = skip_to.min(pattern.len());
+        start = i;
+    }
+    runs.push(&pattern[start..]);
+    runs
+}
+
+impl GlobLiterals {
+    pub fn of(pattern: &str) -> GlobLiterals {
+        let runs = literal_runs(pattern.as_bytes());
+        if runs.len() == 1 {
+            return GlobLiterals {
+                head: runs[0].to_vec(),
+                middle: Vec::new(),
+                tail: Vec::new(),
+                exact: true,
+            };
+        }
+        // A `{a,b}` alternation makes its runs optional: keep only what
+        // lies outside the first and last metacharacter then.
+        let middle = if pattern.contains('{') {
+            Vec::new()
+        } else {
+            runs[1..runs.len() - 1]
+                .iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| memchr::memmem::Finder::new(r).into_owned())
+                .collect()
+        };
+        GlobLiterals {
+            head: runs[0].to_vec(),
+            middle,
+            tail: runs[runs.len() - 1].to_vec(),
+            exact: false,
+        }
+    }
+
+    /// False when `value` cannot match the pattern.
+    pub fn may_match(&self, value: &[u8]) -> bool {
+        // Most values differ from most patterns within the first bytes of
+        // the head or the last bytes of the tail: check those inline
+        // before comparing whole slices.
+        let (head, tail) = (self.head.as_slice(), self.tail.as_slice());
+        if value.len() < head.len() + tail.len()
+            || head.iter().take(2).zip(value).any(|(a, b)| a != b)
+            || tail
+                .iter()
+                .rev()
+                .take(2)
+                .zip(value.iter().rev())
+                .any(|(a, b)| a != b)
+        {
+            return false;
+        }
+        if self.exact {
+            return value == head;
+        }
+        if !value.starts_with(head) || !value.ends_with(tail) {
+            return false;
+        }
+        let mut rest = &value[self.head.len()..value.len() - self.tail.len()];
+        for run in &self.middle {
+            match run.find(rest) {
+                Some(at) => rest = &rest[at + run.needle().len()..],
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 fn glob_set(patterns: &Spanned<OneOrMany>) -> Result<GlobSet, Located> {
@@ -361,6 +467,13 @@ fn compile_test(
             return Ok(Condition::Glob {
                 field,
                 globs: glob_set(patterns)?,
+                literals: patterns
+                    .get_ref()
+                    .clone()
+                    .into_vec()
+                    .iter()
+                    .map(|p| GlobLiterals::of(p))
+                    .collect(),
             });
         }
         match &r.exists {
@@ -396,9 +509,14 @@ impl Condition {
             Condition::Prefix { field, prefixes } => {
                 any_str(field.get(e), |s| prefixes.iter().any(|p| s.starts_with(p)))
             }
-            Condition::Glob { field, globs } => any_str(field.get(e), |s| {
+            Condition::Glob {
+                field,
+                globs,
+                literals,
+            } => any_str(field.get(e), |s| {
                 use std::os::unix::ffi::OsStrExt;
-                globs.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(s)))
+                literals.iter().any(|l| l.may_match(s))
+                    && globs.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(s)))
             }),
             Condition::Exists { field, exists } => (field.get(e) != Value::Null) == *exists,
         }
@@ -554,6 +672,48 @@ mod tests {
         assert!(holds(
             r#"{ field = "oldpath_name", in = ["shadow", "gshadow"] }"#
         ));
+    }
+
+    #[test]
+    fn glob_literals_never_rule_out_a_match() {
+        for (pattern, matching, other) in [
+            ("/etc/shadow", "/etc/shadow", "/etc/shadowy"),
+            ("/etc/pam.d/**", "/etc/pam.d/a/b", "/etc/pam.conf"),
+            (
+                "**/authorized_keys",
+                "/srv/x/authorized_keys",
+                "/srv/x/authorized_keys.bak",
+            ),
+            ("/home/*/.ssh/**", "/home/a/.ssh/id", "/home/a/src/ssh/id"),
+            (
+                "/home/*/.config/systemd/user/**",
+                "/home/b/.config/systemd/user/x",
+                "/home/b/.config/x",
+            ),
+            ("/a/{b,c}d", "/a/cd", "/b/cd"),
+            ("/a/[bc]x", "/a/cx", "/a/cy"),
+            ("*.lock", "db.lock", "db.lck"),
+            ("/x/*a*a", "/x/aa", "/x/a"),
+            ("/a/[]x]y*z", "/a/]yz", "/a/xyq"),
+            ("/a/\\*b*c", "/a/*bc", "/a/*bd"),
+        ] {
+            let literals = GlobLiterals::of(pattern);
+            let glob = GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .unwrap()
+                .compile_matcher();
+            assert!(glob.is_match(matching), "{pattern} {matching}");
+            assert!(
+                literals.may_match(matching.as_bytes()),
+                "{pattern} {matching}"
+            );
+            assert!(!glob.is_match(other), "{pattern} {other}");
+            assert!(
+                !literals.may_match(other.as_bytes()),
+                "{pattern} rules out {other}"
+            );
+        }
     }
 
     #[test]

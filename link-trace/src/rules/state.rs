@@ -118,7 +118,7 @@ impl WindowState {
 
     /// Counts an event that matched the rule's condition. Without `then`,
     /// returns the sequence numbers of the window once the threshold is
-    /// reached (and forgets the group); with `then` the group stays primed.
+    /// reached (and empties the window); with `then` the group stays primed.
     pub fn count(&mut self, window: &Window, has_then: bool, e: &LinkEvent) -> Option<Vec<u64>> {
         let key = Self::key(window, e);
         let distinct = window.distinct.map(|field| {
@@ -131,17 +131,11 @@ impl WindowState {
             seq: e.seq,
             distinct,
         };
-        let group = match self.groups.get_mut(&key) {
-            Some(group) => group,
-            None => {
-                if let Some((evicted, _)) = self.groups.push(key.clone(), Group::default())
-                    && evicted != key
-                {
-                    self.evictions += 1;
-                }
-                self.groups.get_mut(&key)?
-            }
-        };
+        if self.groups.len() == self.groups.cap().get() && !self.groups.contains(&key) {
+            // The least recently used group makes room.
+            self.evictions += 1;
+        }
+        let group = self.groups.get_or_insert_mut(key, Group::default);
         Self::prune(group, window.window_ns, e.boot_ns);
         if group.entries.len() >= MAX_ENTRIES {
             group.entries.pop_front();
@@ -151,14 +145,13 @@ impl WindowState {
         if has_then || !Self::reached(window, group) {
             return None;
         }
-        let seqs = group.entries.iter().map(|en| en.seq).collect();
-        self.groups.pop(&key);
-        Some(seqs)
+        // The window starts afresh.
+        Some(group.entries.drain(..).map(|en| en.seq).collect())
     }
 
     /// An event that matched the rule's `then`: when its group reached the
     /// threshold within the window, returns the window's sequence numbers
-    /// followed by this event's, and forgets the group.
+    /// followed by this event's, and empties the window.
     pub fn then(&mut self, window: &Window, e: &LinkEvent) -> Option<Vec<u64>> {
         let key = Self::key(window, e);
         let group = self.groups.peek_mut(&key)?;
@@ -166,9 +159,8 @@ impl WindowState {
         if !Self::reached(window, group) {
             return None;
         }
-        let mut seqs: Vec<u64> = group.entries.iter().map(|en| en.seq).collect();
+        let mut seqs: Vec<u64> = group.entries.drain(..).map(|en| en.seq).collect();
         seqs.push(e.seq);
-        self.groups.pop(&key);
         Some(seqs)
     }
 
@@ -206,7 +198,6 @@ mod tests {
         assert_eq!(s.count(&w, false, &ev(1, 0, 1)), None);
         assert_eq!(s.count(&w, false, &ev(2, 500, 1)), None);
         assert_eq!(s.count(&w, false, &ev(3, 1_000, 1)), Some(vec![1, 2, 3]));
-        assert_eq!(s.groups(), 0);
         assert_eq!(s.count(&w, false, &ev(4, 1_001, 1)), None);
     }
 
