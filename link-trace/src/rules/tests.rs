@@ -426,4 +426,3 @@ condition = { field = "success", eq = false }
     assert_eq!(alerts.len(), 1, "a changed window starts afresh");
     assert_eq!(engine.alerts_raised, 1);
 }
-
