@@ -14,12 +14,12 @@ use crate::{
     capture::{self, Decoder},
     cli::Cli,
     clock::WallClock,
-    detect::{self, Detector},
+    detect::{self, Detector, Reload},
     enrich,
     event::Record,
     loader,
     output::{self, Format},
-    rules::{Engine, RuleSet, Sources},
+    rules::{Engine, Sources},
     stats::{self, LossTracker},
 };
 
@@ -47,7 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
     let (enriched_tx, detect_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
     let (detected_tx, output_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
-    let (reload_tx, reload_rx) = std_mpsc::channel::<RuleSet>();
+    let (reload_tx, reload_rx) = std_mpsc::channel::<Reload>();
     let writer = output::spawn(format, output_rx);
     let detector = detect::spawn(
         detect_rx,
@@ -100,7 +100,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
             }
             _ = sighup.recv() => {
-                if let Some(count) = reload(&sources, rules_in_force, &reload_tx) {
+                // Everything captured so far goes ahead under the old rules.
+                capture::drain(ring.get_mut(), &mut decoder, &tx).await;
+                let after_seq = decoder.events_decoded();
+                if let Some(count) = reload(&sources, rules_in_force, after_seq, &reload_tx) {
                     rules_in_force = count;
                 }
             }
@@ -151,14 +154,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
 
 /// Loads the rule files again and hands the new set to the detection stage;
 /// a broken file keeps the rules in force. Returns the new rule count.
-fn reload(sources: &Sources, in_force: usize, tx: &std_mpsc::Sender<RuleSet>) -> Option<usize> {
+fn reload(
+    sources: &Sources,
+    in_force: usize,
+    after_seq: u64,
+    tx: &std_mpsc::Sender<Reload>,
+) -> Option<usize> {
     match sources.load() {
         Ok(set) => {
             for warning in &set.warnings {
                 eprintln!("link-trace: warning: {warning}");
             }
             let count = set.rules.len();
-            if tx.send(set).is_err() {
+            if tx
+                .send(Reload {
+                    after_seq,
+                    rules: set,
+                })
+                .is_err()
+            {
                 eprintln!("link-trace: error: rule reload failed: the detection stage has stopped");
                 return None;
             }

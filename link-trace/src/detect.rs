@@ -81,19 +81,33 @@ impl Detector {
     }
 }
 
+/// A rule set to put in force for events after `after_seq`: the events the
+/// daemon had already captured when it was told to reload are judged by the
+/// rules that were in force when they happened.
+pub struct Reload {
+    pub after_seq: u64,
+    pub rules: RuleSet,
+}
+
 /// Runs the stage until its input closes or output goes away.
 pub fn spawn(
     mut rx: mpsc::Receiver<Record>,
     tx: mpsc::Sender<Record>,
     mut detector: Detector,
-    reloads: std_mpsc::Receiver<RuleSet>,
+    reloads: std_mpsc::Receiver<Reload>,
 ) -> std::io::Result<std::thread::JoinHandle<DetectSummary>> {
     std::thread::Builder::new()
         .name("link-trace-detect".into())
         .spawn(move || {
+            let mut pending = std::collections::VecDeque::new();
             while let Some(record) = rx.blocking_recv() {
-                while let Ok(set) = reloads.try_recv() {
-                    detector.engine.replace(set);
+                pending.extend(reloads.try_iter());
+                if let Record::Event(event) = &record {
+                    while let Some(reload) =
+                        pending.pop_front_if(|r: &mut Reload| event.seq > r.after_seq)
+                    {
+                        detector.engine.replace(reload.rules);
+                    }
                 }
                 if !detector.process(record, |r| tx.blocking_send(r).is_ok()) {
                     // Output is gone: count everything still queued, then stop.
@@ -180,12 +194,39 @@ condition = { field = "pid", eq = 7 }
         let (tx, rx) = mpsc::channel(4);
         let (out_tx, mut out_rx) = mpsc::channel(16);
         let (reload_tx, reload_rx) = std_mpsc::channel();
-        reload_tx.send(RuleSet::default()).unwrap();
+        reload_tx
+            .send(Reload {
+                after_seq: 0,
+                rules: RuleSet::default(),
+            })
+            .unwrap();
         tx.try_send(event()).unwrap();
         drop(tx);
         let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
         let summary = handle.join().unwrap();
         assert_eq!(summary.alerts, 0, "the empty rule set was in force");
         assert!(matches!(out_rx.blocking_recv(), Some(Record::Event(_))));
+    }
+
+    #[test]
+    fn a_reload_waits_for_the_events_captured_before_it() {
+        let (tx, rx) = mpsc::channel(4);
+        let (out_tx, _out_rx) = mpsc::channel(16);
+        let (reload_tx, reload_rx) = std_mpsc::channel();
+        // sample events carry seq 3: a reload after seq 3 must not judge it.
+        reload_tx
+            .send(Reload {
+                after_seq: 3,
+                rules: RuleSet::default(),
+            })
+            .unwrap();
+        tx.try_send(event()).unwrap();
+        drop(tx);
+        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
+        assert_eq!(
+            handle.join().unwrap().alerts,
+            1,
+            "the old rules judged the earlier event"
+        );
     }
 }

@@ -8,7 +8,10 @@
 use std::{
     collections::HashMap,
     ffi::OsStr,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::{
+        ffi::{OsStrExt, OsStringExt},
+        fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -20,6 +23,10 @@ use crate::{
     names,
 };
 
+/// How long a directory's realpath is reused, and how many are kept.
+const CANONICAL_DIR_TTL: Duration = Duration::from_secs(1);
+const CANONICAL_DIR_CACHE: usize = 4096;
+
 /// Rebuild the cgroup id → path table at most this often on a miss.
 const CGROUP_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -30,6 +37,8 @@ pub struct Enricher {
     cgroup_root: Option<PathBuf>,
     cgroup_paths: HashMap<u64, String>,
     last_scan: Option<Instant>,
+    /// Directory → (looked up at, realpath); see canonical_dir.
+    canonical_dirs: std::cell::RefCell<HashMap<PathBuf, (Instant, PathBuf)>>,
 }
 
 impl Enricher {
@@ -42,6 +51,7 @@ impl Enricher {
             cgroup_root: cgroup2_mount(),
             cgroup_paths: HashMap::new(),
             last_scan: None,
+            canonical_dirs: Default::default(),
         }
     }
 
@@ -93,15 +103,66 @@ impl Enricher {
     }
 
     /// Where to look the caller's path up from here.
+    /// Where to look the caller's path up from here: through
+    /// /proc/<pid>/root for a caller in another mount namespace, and with
+    /// /proc/self and /proc/thread-self meaning the caller, not the daemon.
     fn lookup_path(&self, event: &LinkEvent, resolved: &[u8]) -> PathBuf {
         let path = Path::new(OsStr::from_bytes(resolved));
-        match (self.own_mnt_ns, event.process.mnt_ns) {
-            (Some(own), Some(theirs)) if own != theirs => {
-                Path::new(&format!("/proc/{}/root", event.pid))
-                    .join(path.strip_prefix("/").unwrap_or(path))
-            }
-            _ => path.to_path_buf(),
+        let path = if let Ok(rest) = path.strip_prefix("/proc/self") {
+            Path::new(&format!("/proc/{}", event.pid)).join(rest)
+        } else if let Ok(rest) = path.strip_prefix("/proc/thread-self") {
+            Path::new(&format!("/proc/{}/task/{}", event.pid, event.tid)).join(rest)
+        } else {
+            path.to_path_buf()
+        };
+        if self.other_mnt_ns(event) {
+            Path::new(&format!("/proc/{}/root", event.pid))
+                .join(path.strip_prefix("/").unwrap_or(&path))
+        } else {
+            path
         }
+    }
+
+    fn other_mnt_ns(&self, event: &LinkEvent) -> bool {
+        matches!((self.own_mnt_ns, event.process.mnt_ns), (Some(own), Some(theirs)) if own != theirs)
+    }
+
+    /// `resolved` with the symlinks in its directories followed (and in its
+    /// last component too when `follow_last`), so that `/tmp/x/shadow` with
+    /// `/tmp/x -> /etc` reads `/etc/shadow`. Only for callers in our mount
+    /// namespace: through /proc/<pid>/root the answer would be a host path.
+    /// realpath(3) of a directory, remembered for CANONICAL_DIR_TTL: events
+    /// come in bursts into few directories, and a realpath is one lstat per
+    /// component.
+    fn canonical_dir(&self, dir: &Path) -> Option<PathBuf> {
+        let mut cache = self.canonical_dirs.borrow_mut();
+        if let Some((at, real)) = cache.get(dir)
+            && at.elapsed() < CANONICAL_DIR_TTL
+        {
+            return Some(real.clone());
+        }
+        let real = std::fs::canonicalize(dir).ok()?;
+        if cache.len() >= CANONICAL_DIR_CACHE {
+            cache.clear();
+        }
+        cache.insert(dir.to_path_buf(), (Instant::now(), real.clone()));
+        Some(real)
+    }
+
+    fn canonical(&self, event: &LinkEvent, resolved: &[u8], follow_last: bool) -> Option<Vec<u8>> {
+        if self.other_mnt_ns(event) {
+            return None;
+        }
+        let lookup = self.lookup_path(event, resolved);
+        let real = if follow_last {
+            std::fs::canonicalize(&lookup).ok()?
+        } else {
+            match (lookup.parent(), lookup.file_name()) {
+                (Some(parent), Some(name)) => self.canonical_dir(parent)?.join(name),
+                _ => lookup,
+            }
+        };
+        Some(real.into_os_string().into_vec())
     }
 
     fn add_file_facts(&mut self, event: &mut LinkEvent) {
@@ -131,6 +192,12 @@ impl Enricher {
         }
         if let (Some(file), Some(new_file)) = (&event.file, &event.new_file) {
             event.inode_mismatch = Some((&file.dev, file.ino) != (&new_file.dev, new_file.ino));
+        }
+        if let Some(resolved) = event.oldpath.resolved.as_deref() {
+            event.oldpath.canonical = self.canonical(event, resolved, follow);
+        }
+        if let Some(resolved) = event.newpath.resolved.as_deref() {
+            event.newpath.canonical = self.canonical(event, resolved, false);
         }
     }
 }

@@ -182,6 +182,8 @@ pub struct PathNames {
     resolution_error: &'static str,
     at_exit: &'static str,
     at_exit_b64: &'static str,
+    canonical: &'static str,
+    canonical_b64: &'static str,
 }
 
 macro_rules! path_names {
@@ -197,6 +199,8 @@ macro_rules! path_names {
             resolution_error: concat!($p, "_resolution_error"),
             at_exit: concat!($p, "_at_exit"),
             at_exit_b64: concat!($p, "_at_exit_b64"),
+            canonical: concat!($p, "_canonical"),
+            canonical_b64: concat!($p, "_canonical_b64"),
         }
     };
 }
@@ -226,6 +230,9 @@ pub struct PathField<P> {
     /// Why it could not be resolved.
     pub resolution_error: Option<&'static str>,
     pub at_exit: Option<Vec<u8>>,
+    /// `resolved` with symlinks in its directories followed, by a later
+    /// look-up in the daemon (null when that failed).
+    pub canonical: Option<Vec<u8>>,
     prefix: std::marker::PhantomData<P>,
 }
 
@@ -239,6 +246,7 @@ impl<P> PathField<P> {
             resolution: "none",
             resolution_error: None,
             at_exit: None,
+            canonical: None,
             prefix: std::marker::PhantomData,
         }
     }
@@ -275,6 +283,12 @@ impl<P: PathPrefix> Serialize for PathField<P> {
         map.serialize_entry(n.resolution, self.resolution)?;
         map.serialize_entry(n.resolution_error, &self.resolution_error)?;
         serialize_bytes(&mut map, n.at_exit, n.at_exit_b64, self.at_exit.as_deref())?;
+        serialize_bytes(
+            &mut map,
+            n.canonical,
+            n.canonical_b64,
+            self.canonical.as_deref(),
+        )?;
         map.end()
     }
 }

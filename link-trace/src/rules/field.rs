@@ -57,6 +57,7 @@ pub enum PathAttr {
     Resolution,
     ResolutionError,
     AtExit,
+    Canonical,
     /// Derived: the resolved path without its last component.
     Dir,
     /// Derived: the resolved path's last component.
@@ -120,7 +121,7 @@ pub enum Field {
     InodeMismatch,
 }
 
-const PATH_ATTRS: [(&str, PathAttr); 9] = [
+const PATH_ATTRS: [(&str, PathAttr); 10] = [
     ("", PathAttr::Path),
     ("_truncated", PathAttr::Truncated),
     ("_error", PathAttr::Error),
@@ -128,6 +129,7 @@ const PATH_ATTRS: [(&str, PathAttr); 9] = [
     ("_resolution", PathAttr::Resolution),
     ("_resolution_error", PathAttr::ResolutionError),
     ("_at_exit", PathAttr::AtExit),
+    ("_canonical", PathAttr::Canonical),
     ("_dir", PathAttr::Dir),
     ("_name", PathAttr::Name),
 ];
@@ -307,6 +309,7 @@ fn path_value<P>(p: &PathField<P>, attr: PathAttr) -> Value<'_> {
         PathAttr::Resolution => Value::Str(p.resolution.as_bytes()),
         PathAttr::ResolutionError => bytes(p.resolution_error.map(str::as_bytes)),
         PathAttr::AtExit => bytes(p.at_exit.as_deref()),
+        PathAttr::Canonical => bytes(p.canonical.as_deref()),
         PathAttr::Dir => bytes(p.resolved.as_deref().map(|r| split_last(r).0)),
         PathAttr::Name => bytes(p.resolved.as_deref().map(|r| split_last(r).1)),
     }

@@ -7,7 +7,10 @@
 //! unique paths it uses, and the alerts by those events' sequence numbers.
 
 use std::{
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
@@ -807,4 +810,62 @@ fn bad_rule_files_are_refused_with_their_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with(&expected), "{stderr}");
     assert!(!stderr.contains("tracing"), "{stderr}");
+}
+
+#[test]
+fn symlinked_directories_and_proc_fd_sources_do_not_evade_the_path_rules() {
+    if !privileged("symlinked_directories_and_proc_fd_sources_do_not_evade_the_path_rules") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "rules-evasion");
+    // A symlink inside the path argument itself: the kernel's base walk
+    // does not see it, the daemon's canonical look-up does.
+    std::os::unix::fs::symlink("/etc", dir.join("etc-link")).unwrap();
+    let via_dir = dir.join("via-symlinked-dir");
+    let via_fd = dir.join("via-proc-fd");
+    let gshadow = std::ffi::CString::new("/etc/gshadow").unwrap();
+    // SAFETY: a valid path string.
+    let fd = unsafe { libc::open(gshadow.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    assert!(fd >= 0, "open /etc/gshadow");
+    let proc_fd = PathBuf::from(format!("/proc/self/fd/{fd}"));
+
+    let tracer = Tracer::start(&["--pid", &my_pid()]);
+    let through_dir = linkat(
+        AT_FDCWD,
+        &dir.join("etc-link/shadow"),
+        AT_FDCWD,
+        &via_dir,
+        0,
+    );
+    let through_fd = linkat(
+        AT_FDCWD,
+        &proc_fd,
+        AT_FDCWD,
+        &via_fd,
+        libc::AT_SYMLINK_FOLLOW,
+    );
+    let run = tracer.stop();
+    // SAFETY: closing our own fd.
+    unsafe { libc::close(fd) };
+    through_dir.expect("link through a symlinked directory");
+    through_fd.expect("link through /proc/self/fd");
+    run.assert_clean_exit();
+
+    let event = events_to(&run, &via_dir)[0];
+    assert_eq!(
+        event["oldpath_resolved"],
+        s(&dir.join("etc-link/shadow")),
+        "the argument as given"
+    );
+    assert_eq!(event["oldpath_canonical"], "/etc/shadow");
+    assert_eq!(event["newpath_canonical"], s(&via_dir));
+    alert_for(&run, event, "sensitive-credentials-link");
+
+    let event = events_to(&run, &via_fd)[0];
+    assert_eq!(event["oldpath_resolved"], s(&proc_fd));
+    assert_eq!(event["oldpath_canonical"], "/etc/gshadow");
+    // The caller's /proc/self, not the daemon's: the facts are gshadow's.
+    let meta = std::fs::metadata("/etc/gshadow").unwrap();
+    assert_eq!(event["file"]["ino"], meta.ino());
+    alert_for(&run, event, "sensitive-credentials-link");
 }
