@@ -138,6 +138,7 @@ macro_rules! path_field {
             .map(|e| known(concat!($p, "_resolution_error"), e, resolution_errors()))
             .transpose()?;
         field.at_exit = bytes_of(v, concat!($p, "_at_exit"), concat!($p, "_at_exit_b64"))?;
+        field.canonical = bytes_of(v, concat!($p, "_canonical"), concat!($p, "_canonical_b64"))?;
         field
     }};
 }

@@ -23,6 +23,8 @@ fn events_survive_the_round_trip_exactly() {
     hostile.comm = "l\u{fffd}".into();
     hostile.comm_b64 = Some("bP8=".into());
     hostile.oldpath.at_exit = Some(b"/etc/\xfe".to_vec());
+    hostile.oldpath.canonical = Some(b"/real/\xfe".to_vec());
+    hostile.newpath.canonical = Some(b"/real/b".to_vec());
     hostile.newpath.resolution_error = Some("deleted_directory");
     hostile.newpath.resolved = None;
     hostile.process.exe = Some("/usr/bin/ln".into());
