@@ -16,6 +16,11 @@ fn nanos(clock: ClockId) -> i128 {
         .unwrap_or(0)
 }
 
+/// CLOCK_BOOTTIME now, in the kernel's event time base.
+pub fn boot_now_ns() -> u64 {
+    nanos(ClockId::CLOCK_BOOTTIME) as u64
+}
+
 impl WallClock {
     pub fn sample() -> Self {
         let boot_before = nanos(ClockId::CLOCK_BOOTTIME);

@@ -11,7 +11,7 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 
 use crate::{
-    event::Record,
+    event::{Record, close_and_count_events},
     rules::{Engine, RuleSet},
 };
 
@@ -53,7 +53,7 @@ impl Detector {
             self.summary.events += 1;
             self.engine.evaluate(event, &mut self.alerts);
         }
-        let is_event = matches!(record, Record::Event(_));
+        let is_event = record.is_event();
         let keep = !self.alerts_only || matches!(record, Record::Alert(_));
         let mut delivered = true;
         if keep {
@@ -111,11 +111,7 @@ pub fn spawn(
                 }
                 if !detector.process(record, |r| tx.blocking_send(r).is_ok()) {
                     // Output is gone: count everything still queued, then stop.
-                    rx.close();
-                    while let Ok(record) = rx.try_recv() {
-                        detector.summary.undelivered +=
-                            u64::from(matches!(record, Record::Event(_)));
-                    }
+                    detector.summary.undelivered += close_and_count_events(&mut rx);
                     break;
                 }
             }

@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{FileInfo, LinkEvent, Record},
+    event::{FileInfo, LinkEvent, Record, close_and_count_events},
     names,
 };
 
@@ -280,17 +280,14 @@ pub fn spawn(
             let mut enricher = Enricher::new();
             let mut undelivered = 0;
             while let Some(mut record) = rx.blocking_recv() {
-                let is_event = matches!(record, Record::Event(_));
+                let is_event = record.is_event();
                 if let Record::Event(event) = &mut record {
                     enricher.enrich(event);
                 }
                 if tx.blocking_send(record).is_err() {
                     undelivered += u64::from(is_event);
                     // Output is gone: count everything still queued, then stop.
-                    rx.close();
-                    while let Ok(record) = rx.try_recv() {
-                        undelivered += u64::from(matches!(record, Record::Event(_)));
-                    }
+                    undelivered += close_and_count_events(&mut rx);
                     break;
                 }
             }

@@ -56,6 +56,23 @@ pub struct AlertRecord {
     pub newpath_resolved: Option<String>,
 }
 
+impl Record {
+    pub fn is_event(&self) -> bool {
+        matches!(self, Record::Event(_))
+    }
+}
+
+/// Closes a stage's input queue and counts the events still in it: its
+/// output is gone, so they will never be delivered.
+pub fn close_and_count_events(rx: &mut tokio::sync::mpsc::Receiver<Record>) -> u64 {
+    rx.close();
+    let mut events = 0;
+    while let Ok(record) = rx.try_recv() {
+        events += u64::from(record.is_event());
+    }
+    events
+}
+
 /// Periodic totals (and one at exit): what the kernel handed over, what the
 /// daemon decoded, and every loss reason per CPU.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use tokio::sync::mpsc;
 
-use crate::event::{AlertRecord, LinkEvent, Record};
+use crate::event::{AlertRecord, LinkEvent, Record, close_and_count_events};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -71,10 +71,7 @@ fn write_all(
     if summary.error.is_some() {
         summary.events_undelivered += batch.events;
         // Stop taking records and count what is still queued.
-        rx.close();
-        while let Ok(record) = rx.try_recv() {
-            summary.events_undelivered += u64::from(matches!(record, Record::Event(_)));
-        }
+        summary.events_undelivered += close_and_count_events(&mut rx);
     }
     summary
 }
@@ -90,7 +87,7 @@ struct Batch {
 impl Batch {
     fn push(&mut self, format: Format, record: &Record) {
         render(format, record, &mut self.bytes);
-        self.events += u64::from(matches!(record, Record::Event(_)));
+        self.events += u64::from(record.is_event());
     }
 
     /// On success the batch's events count as written; on failure they stay

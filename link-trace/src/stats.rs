@@ -72,7 +72,7 @@ pub fn stats_record(
         .collect();
     StatsRecord {
         schema_version: SCHEMA_VERSION,
-        time: clock.rfc3339(boot_now_ns()),
+        time: clock.rfc3339(crate::clock::boot_now_ns()),
         kernel_submitted: totals[Stat::Submitted as usize],
         events_decoded: decoded,
         decode_errors,
@@ -96,7 +96,7 @@ impl LossTracker {
         clock: &WallClock,
     ) -> Vec<LossRecord> {
         let kernel = kernel.totals();
-        let now = clock.rfc3339(boot_now_ns());
+        let now = clock.rfc3339(crate::clock::boot_now_ns());
         let mut records = Vec::new();
         let mut report = |reason, total: u64, reported: &mut u64| {
             if total > *reported {
@@ -130,12 +130,6 @@ impl LossTracker {
             .sum::<u64>()
             + self.reported_decode_errors
     }
-}
-
-pub fn boot_now_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
