@@ -3,9 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use link_trace_common::{DEFAULT_RING_BYTES, FILTER_MAX_ENTRIES, TASK_COMM_LEN};
+use link_trace_common::TASK_COMM_LEN;
 
-use crate::rules::{RULES_DIR, Sources};
+use crate::{
+    config::{DEFAULT_CONFIG, OutputConfig},
+    rules::{RULES_DIR, Sources},
+};
 
 /// Trace every link(2) and linkat(2) call on this host with eBPF, and raise
 /// alerts from detection rules. Without a subcommand: trace.
@@ -19,6 +22,24 @@ use crate::rules::{RULES_DIR, Sources};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Configuration file (TOML); every key is also a flag, and flags win.
+    /// Without it, /etc/link-trace/config.toml is read when it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Where records go; repeatable, each with its own queue. Replaces the
+    /// file's outputs. TYPE[:TARGET][,KEY=VALUE]...: `stdout`,
+    /// `file:PATH`, `unix:PATH`, `syslog+udp:HOST:PORT`,
+    /// `syslog+tcp:HOST:PORT`, `syslog+unix:PATH`; keys as in the file
+    /// (format, queue, alerts_only, max_bytes, keep, fsync, mode, …).
+    /// Default: stdout.
+    #[arg(long = "output", value_name = "SPEC", value_parser = OutputConfig::parse_flag)]
+    pub outputs: Vec<OutputConfig>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 
     /// Print one JSON object per line (see schema/link-trace-event.schema.json)
     /// instead of readable text.
@@ -38,13 +59,14 @@ pub struct Cli {
     #[arg(long = "comm", value_name = "COMM", value_parser = parse_comm)]
     pub comms: Vec<[u8; TASK_COMM_LEN]>,
 
-    /// Seconds between `stats` records (0: only the one at exit).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-    pub stats_interval: u64,
+    /// Seconds between `stats` records (0: only the one at exit) [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub stats_interval: Option<u64>,
 
-    /// Ring buffer size in bytes: a power of two, at least one page.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
-    pub ring_bytes: u32,
+    /// Ring buffer size in bytes: a power of two, at least one page
+    /// [default: 8 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
 
     /// Print only alerts (kind "alert"), no events, loss or stats records.
     #[arg(long)]
@@ -55,7 +77,7 @@ pub struct Cli {
 }
 
 /// Which detection rules are in force.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct RuleArgs {
     /// A rule file (TOML) loaded after the built-in rules and the rules
     /// directory; repeatable. Same ids replace earlier rules.
@@ -67,16 +89,20 @@ pub struct RuleArgs {
     pub no_builtin_rules: bool,
 
     /// Directory whose *.toml files are loaded (in name order) after the
-    /// built-in rules, when it exists.
-    #[arg(long, value_name = "DIR", default_value = RULES_DIR)]
-    pub rules_dir: PathBuf,
+    /// built-in rules, when it exists [default: /etc/link-trace/rules.d].
+    #[arg(long, value_name = "DIR")]
+    pub rules_dir: Option<PathBuf>,
 }
 
 impl RuleArgs {
     pub fn sources(&self) -> Sources {
         Sources {
             builtin: !self.no_builtin_rules,
-            rules_dir: Some(self.rules_dir.clone()),
+            rules_dir: Some(
+                self.rules_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(RULES_DIR)),
+            ),
             files: self.files.clone(),
         }
     }
@@ -88,6 +114,11 @@ pub enum Command {
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
+    },
+    /// Check the configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Run the rules over events recorded with `link-trace --json` and print
     /// them with the alerts they raise. Needs no privileges.
@@ -106,6 +137,16 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file (default /etc/link-trace/config.toml):
+    /// every error with its line; prints the settings it gives.
+    Check {
+        #[arg(value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum RulesCommand {
     /// The rules in force: built-in, the rules directory, --rules files.
     List {
@@ -119,24 +160,7 @@ pub enum RulesCommand {
     },
 }
 
-impl Cli {
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, len) in [
-            ("--pid", self.pids.len()),
-            ("--uid", self.uids.len()),
-            ("--comm", self.comms.len()),
-        ] {
-            if len > FILTER_MAX_ENTRIES as usize {
-                return Err(format!(
-                    "at most {FILTER_MAX_ENTRIES} {name} values are supported, got {len}"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn parse_comm(value: &str) -> Result<[u8; TASK_COMM_LEN], String> {
+pub(crate) fn parse_comm(value: &str) -> Result<[u8; TASK_COMM_LEN], String> {
     let bytes = value.as_bytes();
     if bytes.is_empty() || bytes.len() >= TASK_COMM_LEN || bytes.contains(&0) {
         return Err(format!(
@@ -149,7 +173,7 @@ fn parse_comm(value: &str) -> Result<[u8; TASK_COMM_LEN], String> {
     Ok(comm)
 }
 
-fn parse_ring_bytes(value: &str) -> Result<u32, String> {
+pub(crate) fn parse_ring_bytes(value: &str) -> Result<u32, String> {
     let bytes: u32 = value
         .parse()
         .map_err(|e| format!("not a byte count: {e}"))?;

@@ -126,3 +126,73 @@ pub fn replay(
     );
     Ok(summary.bad_lines == 0)
 }
+
+/// `link-trace config check FILE`: parses the file, loads the rules it
+/// names and prints the settings it gives; every error with its line.
+pub fn config_check(file: &Path, out: &mut impl Write) -> std::io::Result<bool> {
+    use clap::Parser as _;
+
+    use crate::config::{FileConfig, Settings};
+
+    let config = match FileConfig::load(file) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("link-trace: error: {e}");
+            return Ok(false);
+        }
+    };
+    let Ok(no_flags) = crate::cli::Cli::try_parse_from(["link-trace"]) else {
+        return Ok(false);
+    };
+    let settings = Settings::merge(Some(file.to_path_buf()), config, &no_flags);
+    if let Err(e) = settings.check_limits() {
+        eprintln!("link-trace: error: {e}");
+        return Ok(false);
+    }
+    let Some(rules) = load_rules(&settings.rules) else {
+        return Ok(false);
+    };
+    writeln!(out, "{}: ok", file.display())?;
+    writeln!(
+        out,
+        "filters: pid {:?} uid {:?} comm {:?}",
+        settings.pids,
+        settings.uids,
+        settings
+            .comms
+            .iter()
+            .map(
+                |c| String::from_utf8_lossy(c.split(|&b| b == 0).next().unwrap_or_default())
+                    .into_owned()
+            )
+            .collect::<Vec<_>>()
+    )?;
+    writeln!(
+        out,
+        "ring_bytes {}, stats_interval {} s, alerts_only {}, metrics {}",
+        settings.ring_bytes,
+        settings.stats_interval,
+        settings.alerts_only,
+        settings
+            .metrics_listen
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_else(|| "off".into())
+    )?;
+    writeln!(out, "rules: {} in force", rules.rules.len())?;
+    for output in &settings.outputs {
+        let common = output.common();
+        writeln!(
+            out,
+            "output {}: format {}, queue {}{}",
+            output.name(),
+            common.format,
+            common.queue,
+            if common.alerts_only {
+                ", alerts only"
+            } else {
+                ""
+            }
+        )?;
+    }
+    Ok(true)
+}

@@ -14,12 +14,13 @@ use crate::{
     capture::{self, Decoder},
     cli::Cli,
     clock::WallClock,
+    config::{OutputConfig, Settings},
     detect::{self, Detector, Reload},
     enrich,
     event::Record,
     loader,
-    output::{self, Format},
-    rules::{Engine, Sources},
+    rules::Engine,
+    sink::{self, Control, Registry},
     stats::{self, LossTracker},
 };
 
@@ -29,30 +30,40 @@ use crate::{
 const OUTPUT_QUEUE: usize = 1024;
 const LOSS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Returns whether every captured event was delivered.
+/// Returns whether every output stayed up to the end.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
 
-    // A bad rule file stops us before anything is attached.
-    let sources = cli.rules.sources();
-    let rules = sources.load()?;
+    // A bad configuration, rule file or output stops us before anything is
+    // attached.
+    let mut settings = Settings::resolve(&cli)?;
+    settings.check_limits()?;
+    let rules = settings.rule_sources().load()?;
     let mut rules_in_force = rules.rules.len();
     let warnings = rules.warnings.clone();
+    let sinks = settings
+        .outputs
+        .iter()
+        .map(sink::open)
+        .collect::<Result<Vec<_>, _>>()?;
 
-    let mut tracer = loader::load(&cli)?;
-    let format = if cli.json { Format::Json } else { Format::Text };
-    // capture → enrich → detect → output, each joined by a bounded queue.
+    let mut tracer = loader::load(&settings)?;
+    // capture → enrich → detect → output, each joined by a bounded queue;
+    // the output stage fans out to each sink's own queue.
     let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
     let (enriched_tx, detect_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
     let (detected_tx, output_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
     let (reload_tx, reload_rx) = std_mpsc::channel::<Reload>();
-    let writer = output::spawn(format, output_rx);
+    let (control_tx, control_rx) = mpsc::channel::<Control>(4);
+    let registry = std::sync::Arc::new(Registry::default());
+    let writer = sink::spawn_stage(sinks, output_rx, control_rx, registry.clone())
+        .context("start the output thread")?;
     let detector = detect::spawn(
         detect_rx,
         detected_tx,
-        Detector::new(Engine::new(rules), cli.alerts_only),
+        Detector::new(Engine::new(rules), settings.alerts_only),
         reload_rx,
     )
     .context("start the detection thread")?;
@@ -61,7 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let mut decoder = Decoder::new(WallClock::sample());
     let mut losses = LossTracker::default();
     let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);
-    let stats_period = Duration::from_secs(cli.stats_interval.max(1));
+    let stats_period = Duration::from_secs(settings.stats_interval.max(1));
     let mut stats_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + stats_period, stats_period);
     let mut drain_tick = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
@@ -77,7 +88,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         eprintln!("link-trace: warning: {warning}");
     }
     eprintln!(
-        "link-trace: {rules_in_force} detection rules in force; SIGHUP reloads the rule files"
+        "link-trace: {rules_in_force} detection rules in force; outputs: {}; SIGHUP reloads the configuration and rule files",
+        output_names(&settings.outputs)
     );
 
     loop {
@@ -92,8 +104,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             _ = drain_tick.tick() => {
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
             }
-            _ = stats_tick.tick(), if cli.stats_interval > 0 => {
-                report_stats(&tracer.stats, &decoder, &tx).await;
+            _ = stats_tick.tick(), if settings.stats_interval > 0 => {
+                report_stats(&tracer.stats, &decoder, &registry, &tx).await;
             }
             _ = tick.tick() => {
                 decoder.clock = WallClock::sample();
@@ -103,7 +115,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 // Everything captured so far goes ahead under the old rules.
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
                 let after_seq = decoder.events_decoded();
-                if let Some(count) = reload(&sources, rules_in_force, after_seq, &reload_tx) {
+                if let Some((new, count)) =
+                    reload(&cli, &settings, rules_in_force, after_seq, &reload_tx, &control_tx).await
+                {
+                    settings = new;
                     rules_in_force = count;
                 }
             }
@@ -117,8 +132,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     drop(tracer.programs.take());
     capture::drain(ring.get_mut(), &mut decoder, &tx).await;
     report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
-    report_stats(&tracer.stats, &decoder, &tx).await;
+    report_stats(&tracer.stats, &decoder, &registry, &tx).await;
     drop(ring.into_inner());
+    drop(control_tx);
     drop(tx);
 
     let summary = writer
@@ -130,68 +146,120 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let detected = detector
         .join()
         .map_err(|_| anyhow::anyhow!("the detection thread panicked"))?;
-    let undelivered = summary.events_undelivered
-        + decoder.undelivered
-        + enrich_undelivered
-        + detected.undelivered;
+    let undelivered = decoder.undelivered + enrich_undelivered + detected.undelivered;
     eprintln!(
-        "link-trace: {} events captured, {} written, {} lost in the kernel or decoder, {} undelivered",
+        "link-trace: {} events captured, {} lost in the kernel or decoder, {} not handed to the outputs",
         decoder.events_decoded(),
-        summary.events_written,
         losses.total_lost(),
         undelivered,
     );
+    for (report, error) in &summary.sinks {
+        eprintln!(
+            "link-trace: output {}: {} events delivered, {} dropped (queue full), {} dropped (output failed){}",
+            report.name,
+            report.delivered_events,
+            report.dropped_queue_full_events,
+            report.dropped_failed_events,
+            error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default(),
+        );
+    }
     eprintln!(
         "link-trace: rules: {} alerts raised, {} undelivered; {} records left out by --alerts-only; {} window evictions",
         detected.alerts, detected.alerts_undelivered, detected.suppressed, detected.evictions,
     );
-    if let Some(e) = summary.error {
-        eprintln!("link-trace: error: output failed: {e}; {undelivered} events were not delivered");
+    if summary.any_closed() {
+        eprintln!(
+            "link-trace: error: an output went away; its undelivered events are counted above"
+        );
         return Ok(false);
     }
     Ok(true)
 }
 
-/// Loads the rule files again and hands the new set to the detection stage;
-/// a broken file keeps the rules in force. Returns the new rule count.
-fn reload(
-    sources: &Sources,
-    in_force: usize,
+fn output_names(outputs: &[OutputConfig]) -> String {
+    outputs
+        .iter()
+        .map(|o| format!("{} ({})", o.name(), o.common().format))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// SIGHUP: reads the configuration file and the rule files again. The new
+/// rules and outputs go into force together, or, when anything is wrong,
+/// nothing changes and the error is reported. Settings that need the
+/// programs reattached (filters, ring size) keep their old values, with a
+/// warning. Returns the settings and rule count now in force.
+async fn reload(
+    cli: &Cli,
+    old: &Settings,
+    rules_in_force: usize,
     after_seq: u64,
-    tx: &std_mpsc::Sender<Reload>,
-) -> Option<usize> {
-    match sources.load() {
-        Ok(set) => {
-            for warning in &set.warnings {
-                eprintln!("link-trace: warning: {warning}");
-            }
-            let count = set.rules.len();
-            if tx
-                .send(Reload {
-                    after_seq,
-                    rules: set,
-                })
-                .is_err()
-            {
-                eprintln!("link-trace: error: rule reload failed: the detection stage has stopped");
-                return None;
-            }
-            eprintln!("link-trace: reloaded rules: {count} in force");
-            Some(count)
-        }
+    rules_tx: &std_mpsc::Sender<Reload>,
+    control_tx: &mpsc::Sender<Control>,
+) -> Option<(Settings, usize)> {
+    let prepared = Settings::resolve(cli)
+        .map_err(anyhow::Error::from)
+        .and_then(|new| {
+            new.check_limits()?;
+            let rules = new.rule_sources().load()?;
+            // Open only the outputs that are new; unchanged ones keep running.
+            let opened = new
+                .outputs
+                .iter()
+                .filter(|o| !old.outputs.contains(o))
+                .map(sink::open)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((new, rules, opened))
+        });
+    let (mut new, rules, opened) = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => {
             eprintln!(
-                "link-trace: error: rule reload failed, keeping the {in_force} rules in force: {}",
-                crate::error_chain(&e)
+                "link-trace: error: reload failed, keeping the configuration and the {rules_in_force} rules in force: {}",
+                crate::error_chain(&*e)
             );
-            None
+            return None;
         }
+    };
+    let restart_only = old.restart_only_changes(&new);
+    if !restart_only.is_empty() {
+        eprintln!(
+            "link-trace: warning: {} changed; that takes a restart, the old values stay in force",
+            restart_only.join(", ")
+        );
+        new.keep_attach_settings(old);
     }
+    for warning in &rules.warnings {
+        eprintln!("link-trace: warning: {warning}");
+    }
+    let count = rules.rules.len();
+    if rules_tx.send(Reload { after_seq, rules }).is_err() {
+        eprintln!("link-trace: error: reload failed: the detection stage has stopped");
+        return None;
+    }
+    let keep = new.outputs.clone();
+    if control_tx
+        .send(Control::Replace { keep, new: opened })
+        .await
+        .is_err()
+    {
+        eprintln!("link-trace: error: reload failed: the output stage has stopped");
+        return None;
+    }
+    eprintln!(
+        "link-trace: reloaded: {count} rules in force; outputs: {}",
+        output_names(&new.outputs)
+    );
+    Some((new, count))
 }
 
 async fn report_stats(
     stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     decoder: &Decoder,
+    registry: &Registry,
     tx: &mpsc::Sender<Record>,
 ) {
     match stats::read_kernel(stats) {
@@ -200,6 +268,7 @@ async fn report_stats(
                 &kernel,
                 decoder.events_decoded(),
                 decoder.decode_errors,
+                registry.current().iter().map(|c| c.report()).collect(),
                 &decoder.clock,
             );
             let _ = tx.send(Record::Stats(record)).await;

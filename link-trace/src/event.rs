@@ -84,6 +84,9 @@ pub struct StatsRecord {
     pub events_decoded: u64,
     pub decode_errors: u64,
     pub losses: Vec<LossCount>,
+    /// Each output in service: what it delivered and what it dropped.
+    #[serde(default)]
+    pub sinks: Vec<crate::sink::SinkReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -2,7 +2,8 @@
 //!
 //! The daemon is a pipeline of small modules: `loader` (load and attach),
 //! `capture` (ring buffer to records), `event` (the JSON model), `output`
-//! (the writer thread), `stats` (loss accounting), tied together by `daemon`.
+//! (renderings), `sink` (the outputs, each behind its own queue), `config`
+//! (file and flags), `stats` (loss accounting), tied together by `daemon`.
 //! `rules` evaluates detection rules in the `detect` stage and in `replay`.
 
 pub mod btf;
@@ -10,6 +11,7 @@ pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod commands;
+pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod enrich;
@@ -21,6 +23,7 @@ pub mod output;
 pub mod replay;
 pub mod resolve;
 pub mod rules;
+pub mod sink;
 pub mod stats;
 
 /// An error and its causes on one line: "a: b: c".

@@ -9,7 +9,7 @@ use aya::{
 };
 use link_trace_common::{FILTER_COMM, FILTER_TGID, FILTER_UID, KernelOffsets, TASK_COMM_LEN};
 
-use crate::cli::Cli;
+use crate::config::Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -87,7 +87,7 @@ fn tracepoint_exists(name: &str) -> bool {
     .any(|dir| Path::new(dir).join(name).is_dir())
 }
 
-pub fn load(cli: &Cli) -> Result<Tracer, LoadError> {
+pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(LoadError::NotRoot);
     }

@@ -4,16 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use link_trace::{
-    cli::{self, Command, RulesCommand},
+    cli::{self, Command, ConfigCommand, RulesCommand},
     commands, daemon, error_chain,
 };
 
 fn main() -> ExitCode {
     let mut cli = cli::Cli::parse();
-    if let Err(message) = cli.validate() {
-        eprintln!("link-trace: error: {message}");
-        return ExitCode::from(2);
-    }
     let Some(command) = cli.command.take() else {
         // The output thread takes stdout: it must not be locked here.
         return trace(cli);
@@ -26,6 +22,9 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::Check { files },
         } => commands::rules_check(&files, &mut stdout),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => commands::config_check(&file, &mut stdout),
         Command::Replay {
             file,
             json,

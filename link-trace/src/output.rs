@@ -1,108 +1,14 @@
-//! Writes records to stdout on a thread of its own, so a slow terminal or
-//! pipe never blocks the capture loop directly (the bounded channel in
-//! between applies back-pressure, and the kernel counts what it cannot hold).
+//! link-trace's own renderings of a record: JSON lines and readable text.
+//! The sinks (`sink`) deliver them.
 
-use std::io::{self, Write};
+use std::io::Write;
 
-use tokio::sync::mpsc;
-
-use crate::event::{AlertRecord, LinkEvent, Record, close_and_count_events};
+use crate::event::{AlertRecord, LinkEvent, Record};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Json,
     Text,
-}
-
-#[derive(Debug, Default)]
-pub struct OutputSummary {
-    pub events_written: u64,
-    /// Events received but not written because the sink failed.
-    pub events_undelivered: u64,
-    pub error: Option<io::Error>,
-}
-
-pub fn spawn(format: Format, rx: mpsc::Receiver<Record>) -> std::thread::JoinHandle<OutputSummary> {
-    std::thread::Builder::new()
-        .name("link-trace-output".into())
-        .spawn(move || write_all(format, rx, io::stdout().lock()))
-        .unwrap_or_else(|e| {
-            // Without a thread there is no output; report it through the summary.
-            std::thread::spawn(move || OutputSummary {
-                error: Some(e),
-                ..Default::default()
-            })
-        })
-}
-
-/// Lines are gathered in a batch and written with one `write_all` when the
-/// batch is large or the queue runs dry, so an event counts as written only
-/// once the sink took its whole batch. When the sink fails, every event of
-/// the failed batch and every event still queued counts as undelivered (a
-/// batch the sink took in part is counted whole: delivery is not confirmed).
-fn write_all(
-    format: Format,
-    mut rx: mpsc::Receiver<Record>,
-    mut sink: impl Write,
-) -> OutputSummary {
-    let mut summary = OutputSummary::default();
-    let mut batch = Batch::default();
-    loop {
-        let record = match rx.try_recv() {
-            Ok(record) => Some(record),
-            Err(_) => {
-                // Queue empty: deliver what we have before waiting.
-                if let Err(e) = batch.write_to(&mut sink, &mut summary) {
-                    summary.error = Some(e);
-                    break;
-                }
-                rx.blocking_recv()
-            }
-        };
-        let Some(record) = record else { break };
-        batch.push(format, &record);
-        if batch.bytes.len() >= BATCH_BYTES
-            && let Err(e) = batch.write_to(&mut sink, &mut summary)
-        {
-            summary.error = Some(e);
-            break;
-        }
-    }
-    if summary.error.is_some() {
-        summary.events_undelivered += batch.events;
-        // Stop taking records and count what is still queued.
-        summary.events_undelivered += close_and_count_events(&mut rx);
-    }
-    summary
-}
-
-const BATCH_BYTES: usize = 64 * 1024;
-
-#[derive(Default)]
-struct Batch {
-    bytes: Vec<u8>,
-    events: u64,
-}
-
-impl Batch {
-    fn push(&mut self, format: Format, record: &Record) {
-        render(format, record, &mut self.bytes);
-        self.events += u64::from(record.is_event());
-    }
-
-    /// On success the batch's events count as written; on failure they stay
-    /// in the batch for the caller to count as undelivered.
-    fn write_to(&mut self, sink: &mut impl Write, summary: &mut OutputSummary) -> io::Result<()> {
-        if self.bytes.is_empty() {
-            return Ok(());
-        }
-        sink.write_all(&self.bytes)?;
-        sink.flush()?;
-        summary.events_written += self.events;
-        self.bytes.clear();
-        self.events = 0;
-        Ok(())
-    }
 }
 
 pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
@@ -234,37 +140,12 @@ mod tests {
         );
     }
 
-    struct DeadSink;
-    impl Write for DeadSink {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::Error::from(io::ErrorKind::BrokenPipe))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Err(io::Error::from(io::ErrorKind::BrokenPipe))
-        }
-    }
-
     fn event() -> Record {
         Record::Event(Box::new(crate::event::sample_event(
             Some(b"/a"),
             Some(b"/b\xff"),
             -17,
         )))
-    }
-
-    #[test]
-    fn dead_sink_counts_every_undelivered_event() {
-        let (tx, rx) = mpsc::channel(8);
-        for _ in 0..3 {
-            tx.try_send(event()).unwrap();
-        }
-        drop(tx);
-        let summary = write_all(Format::Json, rx, DeadSink);
-        assert_eq!(
-            summary.error.map(|e| e.kind()),
-            Some(io::ErrorKind::BrokenPipe)
-        );
-        assert_eq!((summary.events_written, summary.events_undelivered), (0, 3));
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn stats_record(
     kernel: &KernelStats,
     decoded: u64,
     decode_errors: u64,
+    sinks: Vec<crate::sink::SinkReport>,
     clock: &WallClock,
 ) -> StatsRecord {
     let totals = kernel.totals();
@@ -77,6 +78,7 @@ pub fn stats_record(
         events_decoded: decoded,
         decode_errors,
         losses,
+        sinks,
     }
 }
 
@@ -176,7 +178,7 @@ mod tests {
         let stats = KernelStats {
             per_cpu: vec![cpu0, cpu1],
         };
-        let record = stats_record(&stats, 15, 0, &WallClock::with_offset(0));
+        let record = stats_record(&stats, 15, 0, Vec::new(), &WallClock::with_offset(0));
         assert_eq!(record.kernel_submitted, 15);
         let ring = record
             .losses

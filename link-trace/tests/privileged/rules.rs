@@ -731,11 +731,11 @@ fn sighup_reloads_rule_files_and_keeps_the_old_rules_when_one_is_broken() {
     )
     .unwrap();
     tracer.signal(libc::SIGHUP);
-    let line = wait(&tracer, "rule reload failed");
+    let line = wait(&tracer, "reload failed");
     assert_eq!(
         line,
         format!(
-            "link-trace: error: rule reload failed, keeping the 1 rules in force: {}:4:12: unknown variant `loud`, expected one of `info`, `low`, `medium`, `high`, `critical`",
+            "link-trace: error: reload failed, keeping the configuration and the 1 rules in force: {}:4:12: unknown variant `loud`, expected one of `info`, `low`, `medium`, `high`, `critical`",
             s(&rules)
         )
     );
@@ -743,7 +743,7 @@ fn sighup_reloads_rule_files_and_keeps_the_old_rules_when_one_is_broken() {
     // A good file: the new rule replaces the old one.
     std::fs::write(&rules, HUP_RULE.replace("PREFIX", "hup-b")).unwrap();
     tracer.signal(libc::SIGHUP);
-    wait(&tracer, "reloaded rules: 1 in force");
+    wait(&tracer, "reloaded: 1 rules in force");
     link("hup-a-3");
     link("hup-b-1");
     let run = tracer.stop();

@@ -1,0 +1,494 @@
+//! Outputs. The output stage hands every record to each sink's own bounded
+//! queue without waiting: a sink that is slow or dead fills its queue and
+//! then drops (and counts) its own records, while capture and the other
+//! sinks go on. Each sink renders and delivers on a thread of its own.
+//!
+//! Records are shared between sinks as `Arc<Record>`, so five sinks cost one
+//! copy of an event, and the queues hold pointers, not rendered bytes.
+
+pub mod stdout;
+
+use std::{
+    io,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    config::{OutputConfig, OutputFormat},
+    event::Record,
+    output::{self, Format},
+};
+
+/// Bytes rendered before a batch is delivered even if more records wait.
+const BATCH_BYTES: usize = 64 * 1024;
+/// How often an idle sink gets a chance to reconnect, accept or flush.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The destination failed; later batches are tried again (a file on a
+    /// full disk, a syslog server that went away and may come back).
+    #[error("{0}")]
+    Failed(io::Error),
+    /// The destination is gone for good (stdout closed): the sink stops.
+    #[error("closed: {0}")]
+    Closed(io::Error),
+}
+
+/// A batch that was not delivered whole.
+#[derive(Debug)]
+pub struct DeliverError {
+    /// Records at the start of the batch that did reach the destination.
+    pub delivered: usize,
+    pub error: SinkError,
+}
+
+impl From<SinkError> for DeliverError {
+    fn from(error: SinkError) -> Self {
+        DeliverError {
+            delivered: 0,
+            error,
+        }
+    }
+}
+
+/// Rendered records, each a complete line ending in `\n`.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub bytes: Vec<u8>,
+    /// End offset (exclusive) of each record in `bytes`.
+    pub ends: Vec<usize>,
+    /// Whether each record is an event (the rest: alerts, loss, stats).
+    pub is_event: Vec<bool>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Each record's line, newline included.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.bytes[start..end])
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.is_event.clear();
+    }
+
+    fn events_in(&self, range: std::ops::Range<usize>) -> u64 {
+        self.is_event[range].iter().map(|&e| u64::from(e)).sum()
+    }
+}
+
+/// Where a sink's bytes go.
+pub trait Transport: Send {
+    /// Delivers a whole batch, or says how much of it got through.
+    fn deliver(&mut self, batch: &Batch) -> Result<(), DeliverError>;
+    /// Called when the queue has been idle for a while: reconnect, accept
+    /// subscribers, flush.
+    fn idle(&mut self) {}
+    /// Called once at exit, after the last batch.
+    fn finish(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Renders one record in an output format, newline included.
+pub fn render(format: OutputFormat, record: &Record, out: &mut Vec<u8>) {
+    match format {
+        OutputFormat::Json => output::render(Format::Json, record, out),
+        OutputFormat::Text => output::render(Format::Text, record, out),
+    }
+}
+
+/// What happened to the records handed to one sink; read by stats records,
+/// metrics and the exit summary while the sink runs.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    pub name: String,
+    /// Records waiting in the queue now.
+    pub queue_depth: AtomicU64,
+    pub queue_capacity: u64,
+    pub delivered: Count,
+    /// Dropped because the queue was full (the sink is slower than capture).
+    pub dropped_queue_full: Count,
+    /// Dropped because the destination failed.
+    pub dropped_failed: Count,
+    /// The destination is gone for good.
+    pub closed: AtomicBool,
+    /// The last failure, for the exit summary.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Records and, among them, events.
+#[derive(Debug, Default)]
+pub struct Count {
+    pub records: AtomicU64,
+    pub events: AtomicU64,
+}
+
+impl Count {
+    fn add(&self, records: u64, events: u64) {
+        self.records.fetch_add(records, Relaxed);
+        self.events.fetch_add(events, Relaxed);
+    }
+}
+
+/// A snapshot of one sink's counters, as reported in `stats` records.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct SinkReport {
+    pub name: String,
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+    pub delivered_records: u64,
+    pub delivered_events: u64,
+    pub dropped_queue_full_records: u64,
+    pub dropped_queue_full_events: u64,
+    pub dropped_failed_records: u64,
+    pub dropped_failed_events: u64,
+    pub closed: bool,
+}
+
+impl SinkCounters {
+    pub fn report(&self) -> SinkReport {
+        SinkReport {
+            name: self.name.clone(),
+            queue_depth: self.queue_depth.load(Relaxed),
+            queue_capacity: self.queue_capacity,
+            delivered_records: self.delivered.records.load(Relaxed),
+            delivered_events: self.delivered.events.load(Relaxed),
+            dropped_queue_full_records: self.dropped_queue_full.records.load(Relaxed),
+            dropped_queue_full_events: self.dropped_queue_full.events.load(Relaxed),
+            dropped_failed_records: self.dropped_failed.records.load(Relaxed),
+            dropped_failed_events: self.dropped_failed.events.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+        }
+    }
+
+    fn note_error(&self, error: &SinkError) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error.to_string());
+        }
+    }
+}
+
+/// Every sink that ran since start, current and retired, for reporting.
+/// Written only when sinks are (re)configured, never per record.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sinks: Mutex<Vec<(Arc<SinkCounters>, bool)>>,
+}
+
+impl Registry {
+    /// Counters of the sinks in service now.
+    pub fn current(&self) -> Vec<Arc<SinkCounters>> {
+        self.sinks
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, live)| *live)
+                    .map(|(c, _)| c.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Counters of every sink since start.
+    pub fn all(&self) -> Vec<Arc<SinkCounters>> {
+        self.sinks
+            .lock()
+            .map(|s| s.iter().map(|(c, _)| c.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn set_current(&self, current: &[Arc<SinkCounters>]) {
+        if let Ok(mut sinks) = self.sinks.lock() {
+            for (counters, live) in sinks.iter_mut() {
+                *live = current.iter().any(|c| Arc::ptr_eq(c, counters));
+            }
+            for counters in current {
+                if !sinks.iter().any(|(c, _)| Arc::ptr_eq(c, counters)) {
+                    sinks.push((counters.clone(), true));
+                }
+            }
+        }
+    }
+}
+
+/// A running sink: its queue, counters and thread.
+pub struct Sink {
+    pub config: OutputConfig,
+    counters: Arc<SinkCounters>,
+    queue: SyncSender<Arc<Record>>,
+    thread: JoinHandle<()>,
+}
+
+/// Opens the destination and starts the sink's thread. Errors name the
+/// output (a file that cannot be created, a socket that cannot be bound).
+pub fn open(config: &OutputConfig) -> Result<Sink, OpenError> {
+    let transport: Box<dyn Transport> = match config {
+        OutputConfig::Stdout(_) => Box::new(stdout::Stdout::new()),
+        other => {
+            return Err(OpenError {
+                name: other.name(),
+                error: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this output type is not built yet",
+                ),
+            });
+        }
+    };
+    Ok(start(config.clone(), transport))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("output {name}: {error}")]
+pub struct OpenError {
+    pub name: String,
+    pub error: io::Error,
+}
+
+/// Starts a sink on any transport (tests use in-memory ones).
+pub fn start(config: OutputConfig, transport: Box<dyn Transport>) -> Sink {
+    let common = config.common();
+    let counters = Arc::new(SinkCounters {
+        name: config.name(),
+        queue_capacity: common.queue as u64,
+        ..Default::default()
+    });
+    let (queue, rx) = std_mpsc::sync_channel(common.queue);
+    let thread_counters = counters.clone();
+    let thread = std::thread::Builder::new()
+        .name("link-trace-sink".into())
+        .spawn(move || run_sink(common.format, transport, rx, &thread_counters));
+    let thread = thread.unwrap_or_else(|e| {
+        // No thread: the queue's receiver is gone, so every record
+        // handed to this sink is counted as failed.
+        let counters = counters.clone();
+        std::thread::spawn(move || {
+            counters.note_error(&SinkError::Failed(e));
+        })
+    });
+    Sink {
+        config,
+        counters,
+        queue,
+        thread,
+    }
+}
+
+fn run_sink(
+    format: OutputFormat,
+    mut transport: Box<dyn Transport>,
+    rx: std_mpsc::Receiver<Arc<Record>>,
+    counters: &SinkCounters,
+) {
+    let mut batch = Batch::default();
+    let mut open = true;
+    while open {
+        // Block for the first record, then take what is queued, up to a batch.
+        match rx.recv_timeout(IDLE_TICK) {
+            Ok(record) => push(&mut batch, format, &record, counters),
+            Err(RecvTimeoutError::Timeout) => {
+                if !counters.closed.load(Relaxed) {
+                    transport.idle();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while batch.bytes.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(record) => push(&mut batch, format, &record, counters),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        deliver(&mut *transport, &batch, counters);
+        batch.clear();
+    }
+    if !counters.closed.load(Relaxed)
+        && let Err(e) = transport.finish()
+    {
+        counters.note_error(&e);
+    }
+}
+
+fn push(batch: &mut Batch, format: OutputFormat, record: &Record, counters: &SinkCounters) {
+    counters.queue_depth.fetch_sub(1, Relaxed);
+    render(format, record, &mut batch.bytes);
+    batch.ends.push(batch.bytes.len());
+    batch.is_event.push(record.is_event());
+}
+
+fn deliver(transport: &mut dyn Transport, batch: &Batch, counters: &SinkCounters) {
+    if batch.is_empty() {
+        return;
+    }
+    let all = batch.len();
+    if counters.closed.load(Relaxed) {
+        counters
+            .dropped_failed
+            .add(all as u64, batch.events_in(0..all));
+        return;
+    }
+    match transport.deliver(batch) {
+        Ok(()) => counters.delivered.add(all as u64, batch.events_in(0..all)),
+        Err(DeliverError { delivered, error }) => {
+            let delivered = delivered.min(all);
+            counters
+                .delivered
+                .add(delivered as u64, batch.events_in(0..delivered));
+            counters
+                .dropped_failed
+                .add((all - delivered) as u64, batch.events_in(delivered..all));
+            if matches!(error, SinkError::Closed(_)) {
+                counters.closed.store(true, Relaxed);
+            }
+            counters.note_error(&error);
+        }
+    }
+}
+
+/// The output stage's instructions besides records.
+pub enum Control {
+    /// Put this set of sinks in service. Sinks of the old set whose
+    /// configuration is unchanged stay as they are (a socket's subscribers
+    /// stay connected); the others finish their queues and stop.
+    Replace {
+        keep: Vec<OutputConfig>,
+        new: Vec<Sink>,
+    },
+}
+
+/// What the output stage reports at exit.
+#[derive(Debug, Default)]
+pub struct OutputSummary {
+    pub sinks: Vec<(SinkReport, Option<String>)>,
+}
+
+impl OutputSummary {
+    /// Some sink's destination went away for good.
+    pub fn any_closed(&self) -> bool {
+        self.sinks.iter().any(|(report, _)| report.closed)
+    }
+}
+
+/// Starts the output stage with its first set of sinks. It stops when its
+/// input closes, or when every sink's destination is gone for good (then it
+/// closes its input, so the stages before it stop and count).
+pub fn spawn_stage(
+    sinks: Vec<Sink>,
+    input: mpsc::Receiver<Record>,
+    control: mpsc::Receiver<Control>,
+    registry: Arc<Registry>,
+) -> io::Result<JoinHandle<OutputSummary>> {
+    std::thread::Builder::new()
+        .name("link-trace-output".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(fan_out(sinks, input, control, registry)),
+                Err(e) => {
+                    eprintln!("link-trace: error: output stage: {e}");
+                    OutputSummary::default()
+                }
+            }
+        })
+}
+
+async fn fan_out(
+    mut sinks: Vec<Sink>,
+    mut input: mpsc::Receiver<Record>,
+    mut control: mpsc::Receiver<Control>,
+    registry: Arc<Registry>,
+) -> OutputSummary {
+    registry.set_current(&sinks.iter().map(|s| s.counters.clone()).collect::<Vec<_>>());
+    let mut retired = Vec::new();
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            command = control.recv(), if control_open => match command {
+                Some(Control::Replace { keep, new }) => {
+                    let (kept, gone): (Vec<Sink>, Vec<Sink>) =
+                        sinks.into_iter().partition(|s| keep.contains(&s.config));
+                    retired.extend(gone);
+                    sinks = kept;
+                    sinks.extend(new);
+                    registry.set_current(&sinks.iter().map(|s| s.counters.clone()).collect::<Vec<_>>());
+                }
+                None => control_open = false,
+            },
+            record = input.recv() => {
+                let Some(record) = record else { break };
+                dispatch(&sinks, record);
+                // Take what else is queued without going back to select.
+                while let Ok(record) = input.try_recv() {
+                    dispatch(&sinks, record);
+                }
+                if !sinks.is_empty() && sinks.iter().all(|s| s.counters.closed.load(Relaxed)) {
+                    input.close();
+                }
+            }
+        }
+    }
+    // Sinks drain their queues once their senders are gone.
+    sinks.extend(retired);
+    let mut summary = OutputSummary::default();
+    for sink in sinks {
+        drop(sink.queue);
+        let _ = sink.thread.join();
+        let error = sink.counters.last_error.lock().ok().and_then(|e| e.clone());
+        summary.sinks.push((sink.counters.report(), error));
+    }
+    summary
+}
+
+fn dispatch(sinks: &[Sink], record: Record) {
+    let is_event = record.is_event();
+    let is_alert = matches!(record, Record::Alert(_));
+    let record = Arc::new(record);
+    for sink in sinks {
+        if sink.config.common().alerts_only && !is_alert {
+            continue;
+        }
+        sink.counters.queue_depth.fetch_add(1, Relaxed);
+        match sink.queue.try_send(record.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                sink.counters.queue_depth.fetch_sub(1, Relaxed);
+                sink.counters.dropped_queue_full.add(1, u64::from(is_event));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                sink.counters.queue_depth.fetch_sub(1, Relaxed);
+                sink.counters.dropped_failed.add(1, u64::from(is_event));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
