@@ -444,17 +444,23 @@ impl FileConfig {
             path: path.to_path_buf(),
             message,
         };
-        let mut config: FileConfig =
-            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        // One line, "line L, column C: what", so it reads well in a log.
+        let at = |offset: usize| {
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}")
+        };
+        let mut config: FileConfig = toml::from_str(text).map_err(|e| {
+            let place = e.span().map(|span| at(span.start)).unwrap_or_default();
+            invalid(format!("{place}: {}", e.message().trim_end()))
+        })?;
         if let Some(raw) = config.output.take() {
             let outputs = raw
                 .into_iter()
                 .map(RawOutput::check)
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|(span, message)| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    invalid(format!("line {line}: {message}"))
-                })?;
+                .map_err(|(span, message)| invalid(format!("{}: {message}", at(span.start))))?;
             config.outputs = Some(outputs);
         }
         Ok(config)

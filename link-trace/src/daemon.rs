@@ -105,7 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
             }
             _ = stats_tick.tick(), if settings.stats_interval > 0 => {
-                report_stats(&tracer.stats, &decoder, &registry, &tx).await;
+                report_stats(&tracer.stats, &decoder, &tx).await;
             }
             _ = tick.tick() => {
                 decoder.clock = WallClock::sample();
@@ -132,7 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     drop(tracer.programs.take());
     capture::drain(ring.get_mut(), &mut decoder, &tx).await;
     report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
-    report_stats(&tracer.stats, &decoder, &registry, &tx).await;
+    report_stats(&tracer.stats, &decoder, &tx).await;
     drop(ring.into_inner());
     drop(control_tx);
     drop(tx);
@@ -259,7 +259,6 @@ async fn reload(
 async fn report_stats(
     stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     decoder: &Decoder,
-    registry: &Registry,
     tx: &mpsc::Sender<Record>,
 ) {
     match stats::read_kernel(stats) {
@@ -268,7 +267,8 @@ async fn report_stats(
                 &kernel,
                 decoder.events_decoded(),
                 decoder.decode_errors,
-                registry.current().iter().map(|c| c.report()).collect(),
+                // Filled in by the output stage, in stream order.
+                Vec::new(),
                 &decoder.clock,
             );
             let _ = tx.send(Record::Stats(record)).await;

@@ -467,7 +467,12 @@ async fn fan_out(
     summary
 }
 
-fn dispatch(sinks: &[Sink], record: Record) {
+fn dispatch(sinks: &[Sink], mut record: Record) {
+    if let Record::Stats(stats) = &mut record {
+        // Taken here, in stream order: every record before this one is
+        // delivered, queued or counted as dropped.
+        stats.sinks = sinks.iter().map(|s| s.counters.report()).collect();
+    }
     let is_event = record.is_event();
     let is_alert = matches!(record, Record::Alert(_));
     let record = Arc::new(record);

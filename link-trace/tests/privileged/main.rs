@@ -2,6 +2,7 @@
 //! resulting events checked field by field. Each test filters by its own pid
 //! (or its child's uid or comm) and uses paths no other test touches.
 
+mod config;
 mod context;
 mod harness;
 mod rules;
