@@ -198,44 +198,38 @@ fn config_check_names_the_line_and_loads_nothing() {
     }
     let dir = TestDir::new("/tmp", "config-check");
     let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
+    // Writes the file, runs the binary with `args` then the file's path.
+    let run = |text: &str, args: &[&str]| {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(binary())
+            .args(args)
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, _, stderr) = run(
         "stats_interval = 5\n\n[[output]]\ntype = \"file\"\npath = \"/var/log/x.jsonl\"\nmax_bytes = 10\n",
-    )
-    .unwrap();
-    let out = Command::new(binary())
-        .args(["config", "check", s(&config)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+        &["config", "check"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("line 6") && stderr.contains("max_bytes must be at least 4096"),
         "{stderr}"
     );
-    std::fs::write(
-        &config,
+    let (code, stdout, _) = run(
         "stats_interval = 5\n[[output]]\ntype = \"stdout\"\nformat = \"text\"\n",
-    )
-    .unwrap();
-    let out = Command::new(binary())
-        .args(["config", "check", s(&config)])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+        &["config", "check"],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("stats_interval 5 s") && stdout.contains("output stdout: format text"),
         "{stdout}"
     );
     // The tracer refuses to start on a broken file, before attaching.
-    std::fs::write(&config, "ring_bytes = 1000\n").unwrap();
-    let out = Command::new(binary())
-        .args(["--config", s(&config)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, _, stderr) = run("ring_bytes = 1000\n", &["--config"]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("line 1") && stderr.contains("power of two"),
         "{stderr}"
