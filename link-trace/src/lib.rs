@@ -12,6 +12,7 @@ pub mod clock;
 pub mod commands;
 pub mod daemon;
 pub mod detect;
+pub mod doctor;
 pub mod enrich;
 pub mod event;
 pub mod klog;
