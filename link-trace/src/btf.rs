@@ -31,6 +31,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_TYPE_TAG: u32 = 18;
 
 #[derive(Debug, Clone)]
@@ -221,6 +222,20 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Type id of the kernel function `name` (a FUNC), the id fentry and
+    /// LSM programs are loaded against.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|ty| ty.kind == KIND_FUNC && self.name(ty.name_off) == name)
+            .map(|id| id as u32)
+    }
+
+    /// Number of types, void included.
+    pub fn type_count(&self) -> usize {
+        self.types.len()
+    }
+
     pub fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
         let id = *self
             .structs_by_name
@@ -312,7 +327,7 @@ mod tests {
     /// A tiny BTF blob: struct outer { int a; union { int b; struct inner c; }; }
     /// with struct inner { int x; int y; }.
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0inner\0x\0y\0".to_vec();
+        let strings = b"\0int\0outer\0a\0b\0c\0inner\0x\0y\0do_thing\0".to_vec();
         let s = |name: &str| {
             let needle = format!("\0{name}\0");
             strings
@@ -355,6 +370,8 @@ mod tests {
             3,
             64,
         ]);
+        // 5: FUNC do_thing (its prototype is not needed here)
+        push(&[s("do_thing"), KIND_FUNC << 24, 0]);
         let mut data = Vec::new();
         data.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
@@ -379,6 +396,9 @@ mod tests {
         assert_eq!(btf.offset("outer", &["b"]).unwrap(), 8);
         assert_eq!(btf.offset("outer", &["c", "y"]).unwrap(), 12);
         assert_eq!(btf.struct_size("inner").unwrap(), 8);
+        assert_eq!(btf.func_id("do_thing"), Some(5));
+        assert_eq!(btf.func_id("outer"), None, "a struct is not a function");
+        assert_eq!(btf.type_count(), 6);
         assert!(matches!(
             btf.offset("outer", &["zz"]),
             Err(BtfError::NoMember { .. })
@@ -413,5 +433,7 @@ mod tests {
             offsets.task_real_parent > 0 && offsets.dentry_d_name_name > offsets.dentry_d_name_len
         );
         assert!(offsets.upid_size >= 12);
+        assert!(btf.func_id("vfs_link").is_some());
+        assert!(btf.func_id("no_such_kernel_function").is_none());
     }
 }

@@ -134,6 +134,14 @@ pub enum Command {
         #[command(flatten)]
         rules: RuleArgs,
     },
+    /// Check what will and won't work on this host (kernel, BTF, tracefs,
+    /// privileges, BPF features probed with real bpf(2) calls). Exit status
+    /// 0 when capture will work, 1 when it won't.
+    Doctor {
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +242,8 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["link-trace", "--pid", "5", "replay", "r.jsonl"]).is_err());
         assert!(Cli::try_parse_from(["link-trace", "rules", "check"]).is_err());
+        let cli = Cli::try_parse_from(["link-trace", "doctor", "--json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Doctor { json: true })));
     }
 
     #[test]

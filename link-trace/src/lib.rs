@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod detect;
+pub mod doctor;
 pub mod enrich;
 pub mod event;
 pub mod klog;

@@ -59,7 +59,8 @@ fn tracefs_ready() -> bool {
         || Path::new("/sys/kernel/tracing/events").is_dir()
 }
 
-fn ensure_tracefs() -> Result<(), LoadError> {
+/// Mounts tracefs at /sys/kernel/tracing unless it is there already.
+pub fn ensure_tracefs() -> Result<(), LoadError> {
     if tracefs_ready() {
         return Ok(());
     }

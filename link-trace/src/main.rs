@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use link_trace::{
     cli::{self, Command, ConfigCommand, RulesCommand},
-    commands, daemon, error_chain,
+    commands, daemon, doctor, error_chain,
 };
 
 fn main() -> ExitCode {
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             alerts_only,
             rules,
         } => commands::replay(&file, json, alerts_only, &rules, &mut stdout),
+        Command::Doctor { json } => doctor::main(json, &mut stdout),
     };
     match done {
         Ok(true) => ExitCode::SUCCESS,
