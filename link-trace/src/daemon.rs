@@ -42,6 +42,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let warnings = rules.warnings.clone();
 
     let mut tracer = loader::load(&cli)?;
+    // Before any other thread starts: threads inherit the reduced sets.
+    crate::privileges::drop_unless_kept(cli.keep_capabilities)?;
     let format = if cli.json { Format::Json } else { Format::Text };
     // capture → enrich → detect → output, each joined by a bounded queue.
     let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
