@@ -4,6 +4,7 @@
 
 mod context;
 mod harness;
+mod privileges;
 mod rules;
 
 use std::{
