@@ -5,9 +5,12 @@
 //! mount tracefs when it is not mounted). After that the daemon only:
 //!
 //! * reads the ring buffers through memory mapped at load time, and the
-//!   per-CPU stats map with BPF_MAP_LOOKUP_ELEM on a map fd it already holds:
-//!   since Linux 6.5 the bpf(2) commands on an existing fd check the fd, not a
-//!   capability (tested: the stats record at exit is still written);
+//!   per-CPU stats map with BPF_MAP_LOOKUP_ELEM on a map fd it already holds.
+//!   Since Linux 6.5 `kernel.unprivileged_bpf_disabled` only guards map and
+//!   program creation, and a lookup on a held fd needs no capability (tested
+//!   on 6.18 with the sysctl at 2: the loss and stats records are still
+//!   there). Before 6.5 the sysctl refused every bpf(2) command without
+//!   CAP_BPF, so on such a kernel with the sysctl set CAP_BPF is kept too;
 //! * detaches the programs at exit by closing their link fds;
 //! * stats the linked files by path, realpaths their directories, walks the
 //!   cgroup2 tree, and rereads rule files on SIGHUP: **CAP_DAC_READ_SEARCH**,
@@ -33,6 +36,29 @@ use caps::{CapSet, Capability, CapsHashSet};
 
 /// What the daemon keeps after attach; see the module documentation for why.
 pub const KEEP: [Capability; 2] = [Capability::CAP_DAC_READ_SEARCH, Capability::CAP_SYS_PTRACE];
+
+/// Why CAP_BPF is kept as well, when it is.
+const BPF_KEPT_BECAUSE: &str = "reading the stats map needs CAP_BPF before Linux 6.5 with kernel.unprivileged_bpf_disabled set";
+
+/// Whether bpf(2) on a map fd the daemon holds needs CAP_BPF on this kernel
+/// (`osrelease` as in /proc/sys/kernel/osrelease, `unprivileged_bpf_disabled`
+/// that sysctl's value). Unknown counts as needed: losing the loss counters
+/// would break the promise that every lost event is reported.
+fn map_reads_need_cap_bpf(
+    osrelease: Option<&str>,
+    unprivileged_bpf_disabled: Option<&str>,
+) -> bool {
+    if unprivileged_bpf_disabled.map(str::trim) == Some("0") {
+        return false;
+    }
+    let version = osrelease.and_then(|release| {
+        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+        let major: u32 = parts.next()?.parse().ok()?;
+        let minor: u32 = parts.next()?.parse().ok()?;
+        Some((major, minor))
+    });
+    version.is_none_or(|version| version < (6, 5))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -70,6 +96,8 @@ pub struct Kept {
     pub bounding_reduced: bool,
     /// The process held any capability before, so something was dropped.
     pub dropped: bool,
+    /// Why more than [`KEEP`] was kept.
+    pub note: Option<&'static str>,
 }
 
 impl fmt::Display for Kept {
@@ -84,6 +112,9 @@ impl fmt::Display for Kept {
             names.join(", ")
         };
         write!(f, "dropped capabilities after attach; kept {kept}")?;
+        if let Some(note) = self.note {
+            write!(f, " ({note})")?;
+        }
         if self.bounding_reduced {
             write!(f, " (bounding set reduced too)")?;
         } else {
@@ -185,9 +216,15 @@ pub fn drop_after_attach() -> Result<Kept, PrivilegeError> {
 
     let permitted =
         caps::read(None, CapSet::Permitted).map_err(caps_err("read the permitted set"))?;
+    let read = |path| std::fs::read_to_string(path).ok();
+    let keep_bpf = map_reads_need_cap_bpf(
+        read("/proc/sys/kernel/osrelease").as_deref(),
+        read("/proc/sys/kernel/unprivileged_bpf_disabled").as_deref(),
+    );
     let keep: CapsHashSet = KEEP
         .iter()
         .copied()
+        .chain(keep_bpf.then_some(Capability::CAP_BPF))
         .filter(|c| permitted.contains(c))
         .collect();
     let bounding = caps::read(None, CapSet::Bounding).map_err(caps_err("read the bounding set"))?;
@@ -212,6 +249,9 @@ pub fn drop_after_attach() -> Result<Kept, PrivilegeError> {
     let mut capabilities: Vec<Capability> = keep.into_iter().collect();
     capabilities.sort_by_key(Capability::index);
     let kept = Kept {
+        note: capabilities
+            .contains(&Capability::CAP_BPF)
+            .then_some(BPF_KEPT_BECAUSE),
         capabilities,
         bounding_reduced,
         dropped: !permitted.is_empty(),
@@ -306,6 +346,7 @@ mod tests {
             capabilities: KEEP.to_vec(),
             bounding_reduced: true,
             dropped: true,
+            note: None,
         };
         assert_eq!(
             kept.to_string(),
@@ -315,7 +356,21 @@ mod tests {
             capabilities: Vec::new(),
             bounding_reduced: false,
             dropped: false,
+            note: None,
         };
         assert!(nothing.to_string().starts_with("held no capabilities"));
+    }
+
+    #[test]
+    fn cap_bpf_is_kept_only_where_map_reads_need_it() {
+        let need = |release, sysctl| map_reads_need_cap_bpf(release, sysctl);
+        assert!(!need(Some("6.18.44-fc-v669\n"), Some("2\n")));
+        assert!(!need(Some("6.5.0"), Some("1")));
+        assert!(need(Some("6.4.16-generic"), Some("2")));
+        assert!(need(Some("5.17.0"), Some("1")));
+        assert!(!need(Some("5.17.0"), Some("0")), "unprivileged BPF allowed");
+        assert!(need(Some("garbage"), Some("2")), "unknown release: keep it");
+        assert!(need(None, None), "nothing known: keep it");
+        assert!(!need(None, Some("0")));
     }
 }
