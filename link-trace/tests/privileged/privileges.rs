@@ -355,9 +355,10 @@ fn tracer_runs_with_only_the_units_capabilities_in_a_read_only_sandbox() {
     );
     let dir = TestDir::new("/tmp", "privdrop-unit");
     let private = nobody_only_dir(&dir);
+    // A mount another test removes meanwhile may fail; one still there may not.
     let read_only_everything = r#"awk '{print $5}' /proc/self/mountinfo | while read -r m; do
         case "$m" in /dev|/dev/*|/proc|/proc/*) continue;; esac
-        mount -o remount,bind,ro "$m" || exit 1
+        mount -o remount,bind,ro "$m" || ! grep -q " $m " /proc/self/mountinfo || exit 1
     done && exec "$@""#;
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "slave", "--", "sh", "-c"])
@@ -382,6 +383,20 @@ fn tracer_runs_with_only_the_units_capabilities_in_a_read_only_sandbox() {
         own_mnt_ns, tracer_mnt_ns,
         "the tracer runs in its own mount namespace"
     );
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", tracer.pid()))
+        .expect("the tracer's mountinfo");
+    for point in ["/", "/sys"] {
+        let options = mounts
+            .lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .find(|fields| fields.get(4) == Some(&point))
+            .and_then(|fields| fields.get(5).map(|o| o.to_string()))
+            .unwrap_or_else(|| panic!("{point} in the tracer's mountinfo"));
+        assert!(
+            options.split(',').any(|o| o == "ro"),
+            "{point} is read-only for the tracer: {options}"
+        );
+    }
 
     let src = private.join("src");
     let ln = |new: &Path| {
