@@ -72,6 +72,11 @@ pub struct Cli {
     #[arg(long)]
     pub alerts_only: bool,
 
+    /// Keep every capability after attach instead of dropping all but
+    /// CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE (for debugging).
+    #[arg(long)]
+    pub keep_capabilities: bool,
+
     #[command(flatten)]
     pub rules: RuleArgs,
 }

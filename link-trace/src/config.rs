@@ -56,6 +56,7 @@ pub struct FileConfig {
     pub no_builtin_rules: Option<bool>,
     pub rules_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub keep_capabilities: Option<bool>,
     /// `[[output]]` tables; `--output` flags replace them all.
     output: Option<Vec<RawOutput>>,
     /// The `[[output]]` tables, checked.
@@ -488,6 +489,7 @@ pub struct Settings {
     pub alerts_only: bool,
     pub rules: RuleArgs,
     pub metrics_listen: Option<SocketAddr>,
+    pub keep_capabilities: bool,
     pub outputs: Vec<OutputConfig>,
 }
 
@@ -560,6 +562,7 @@ impl Settings {
                     .or_else(|| Some(PathBuf::from(RULES_DIR))),
             },
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
+            keep_capabilities: cli.keep_capabilities || file.keep_capabilities.unwrap_or(false),
             outputs,
         }
     }
@@ -597,6 +600,7 @@ impl Settings {
         self.comms.clone_from(&old.comms);
         self.ring_bytes = old.ring_bytes;
         self.metrics_listen = old.metrics_listen;
+        self.keep_capabilities = old.keep_capabilities;
     }
 
     /// The settings a reload cannot change without reattaching the programs.
@@ -608,6 +612,10 @@ impl Settings {
             ("comm", self.comms != new.comms),
             ("ring_bytes", self.ring_bytes != new.ring_bytes),
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            (
+                "keep_capabilities",
+                self.keep_capabilities != new.keep_capabilities,
+            ),
         ] {
             if differs {
                 changed.push(name);

@@ -50,6 +50,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut tracer = loader::load(&settings)?;
+    // Before any other thread starts: threads inherit the reduced sets.
+    crate::privileges::drop_unless_kept(settings.keep_capabilities)?;
+    let sinks = sinks.into_iter().map(sink::Opened::start).collect();
     // capture → enrich → detect → output, each joined by a bounded queue;
     // the output stage fans out to each sink's own queue.
     let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
@@ -210,7 +213,7 @@ async fn reload(
                 .outputs
                 .iter()
                 .filter(|o| !old.outputs.contains(o))
-                .map(sink::open)
+                .map(|o| sink::open(o).map(sink::Opened::start))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((new, rules, opened))
         });

@@ -34,6 +34,13 @@ pub struct Enricher {
     /// Our own mount namespace: paths of callers in another one are looked
     /// up through /proc/<pid>/root.
     own_mnt_ns: Option<u32>,
+    /// Our parent's pid and mount namespace, when that is not ours: a
+    /// service sandbox (systemd's ProtectSystem= and friends) runs the daemon
+    /// in a copy of the namespace of the manager that started it (systemd,
+    /// PID 1). Paths of callers in the parent's namespace are looked up
+    /// through /proc/<parent>/root, which outlives them, and canonicalized
+    /// here, where they name the same files.
+    outer_mnt_ns: Option<(u32, u32)>,
     cgroup_root: Option<PathBuf>,
     cgroup_paths: HashMap<u64, String>,
     last_scan: Option<Instant>,
@@ -43,11 +50,19 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn new() -> Self {
-        let own_mnt_ns = std::fs::read_link("/proc/self/ns/mnt")
-            .ok()
-            .and_then(|link| ns_inode(&link));
+        let mnt_ns = |pid: &str| {
+            std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+                .ok()
+                .and_then(|link| ns_inode(&link))
+        };
+        let own_mnt_ns = mnt_ns("self");
+        let parent = std::os::unix::process::parent_id();
+        let outer_mnt_ns = mnt_ns(&parent.to_string())
+            .filter(|outer| Some(*outer) != own_mnt_ns)
+            .map(|outer| (parent, outer));
         Self {
             own_mnt_ns,
+            outer_mnt_ns,
             cgroup_root: cgroup2_mount(),
             cgroup_paths: HashMap::new(),
             last_scan: None,
@@ -107,24 +122,28 @@ impl Enricher {
     /// /proc/<pid>/root for a caller in another mount namespace, and with
     /// /proc/self and /proc/thread-self meaning the caller, not the daemon.
     fn lookup_path(&self, event: &LinkEvent, resolved: &[u8]) -> PathBuf {
-        let path = Path::new(OsStr::from_bytes(resolved));
-        let path = if let Ok(rest) = path.strip_prefix("/proc/self") {
-            Path::new(&format!("/proc/{}", event.pid)).join(rest)
-        } else if let Ok(rest) = path.strip_prefix("/proc/thread-self") {
-            Path::new(&format!("/proc/{}/task/{}", event.pid, event.tid)).join(rest)
+        let path = caller_proc_path(event, resolved);
+        let root_pid = if let Some(parent) = self.outer_parent(event) {
+            parent
+        } else if self.other_mnt_ns(event) {
+            event.pid
         } else {
-            path.to_path_buf()
+            return path;
         };
-        if self.other_mnt_ns(event) {
-            Path::new(&format!("/proc/{}/root", event.pid))
-                .join(path.strip_prefix("/").unwrap_or(&path))
-        } else {
-            path
-        }
+        Path::new(&format!("/proc/{root_pid}/root")).join(path.strip_prefix("/").unwrap_or(&path))
     }
 
+    /// The caller's paths do not name the files we see under those paths.
     fn other_mnt_ns(&self, event: &LinkEvent) -> bool {
         matches!((self.own_mnt_ns, event.process.mnt_ns), (Some(own), Some(theirs)) if own != theirs)
+            && self.outer_parent(event).is_none()
+    }
+
+    /// Our parent's pid when the caller is in its (outer) mount namespace.
+    fn outer_parent(&self, event: &LinkEvent) -> Option<u32> {
+        self.outer_mnt_ns
+            .filter(|(_, outer)| Some(*outer) == event.process.mnt_ns)
+            .map(|(parent, _)| parent)
     }
 
     /// `resolved` with the symlinks in its directories followed (and in its
@@ -153,7 +172,9 @@ impl Enricher {
         if self.other_mnt_ns(event) {
             return None;
         }
-        let lookup = self.lookup_path(event, resolved);
+        // Not through /proc/<parent>/root for the outer namespace: the
+        // answer must be a path, and ours name the same files.
+        let lookup = caller_proc_path(event, resolved);
         let real = if follow_last {
             std::fs::canonicalize(&lookup).ok()?
         } else {
@@ -205,6 +226,18 @@ impl Enricher {
 impl Default for Enricher {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `resolved` with /proc/self and /proc/thread-self meaning the caller.
+fn caller_proc_path(event: &LinkEvent, resolved: &[u8]) -> PathBuf {
+    let path = Path::new(OsStr::from_bytes(resolved));
+    if let Ok(rest) = path.strip_prefix("/proc/self") {
+        Path::new(&format!("/proc/{}", event.pid)).join(rest)
+    } else if let Ok(rest) = path.strip_prefix("/proc/thread-self") {
+        Path::new(&format!("/proc/{}/task/{}", event.pid, event.tid)).join(rest)
+    } else {
+        path.to_path_buf()
     }
 }
 

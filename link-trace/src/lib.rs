@@ -21,6 +21,7 @@ pub mod klog;
 pub mod loader;
 pub mod names;
 pub mod output;
+pub mod privileges;
 pub mod replay;
 pub mod resolve;
 pub mod rules;

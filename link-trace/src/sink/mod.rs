@@ -242,9 +242,23 @@ pub struct Sink {
     thread: JoinHandle<()>,
 }
 
-/// Opens the destination and starts the sink's thread. Errors name the
-/// output (a file that cannot be created, a socket that cannot be bound).
-pub fn open(config: &OutputConfig) -> Result<Sink, OpenError> {
+/// An output whose destination is open (a file created, a socket bound)
+/// and whose thread is not started yet: the daemon opens outputs before it
+/// attaches, so a bad one is a start-up error, and starts their threads
+/// only after dropping capabilities, which threads inherit.
+pub struct Opened {
+    config: OutputConfig,
+    transport: Box<dyn Transport>,
+}
+
+impl Opened {
+    pub fn start(self) -> Sink {
+        start(self.config, self.transport)
+    }
+}
+
+/// Opens the destination. Errors name the output.
+pub fn open(config: &OutputConfig) -> Result<Opened, OpenError> {
     let transport: Box<dyn Transport> = match config {
         OutputConfig::Stdout(_) => Box::new(stdout::Stdout::new()),
         other => {
@@ -257,7 +271,10 @@ pub fn open(config: &OutputConfig) -> Result<Sink, OpenError> {
             });
         }
     };
-    Ok(start(config.clone(), transport))
+    Ok(Opened {
+        config: config.clone(),
+        transport,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

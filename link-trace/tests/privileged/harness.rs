@@ -78,8 +78,14 @@ impl Tracer {
         if json {
             cmd.arg("--json");
         }
+        cmd.args(args);
+        Self::start_command(cmd)
+    }
+
+    /// Starts `cmd` (which runs the tracer, perhaps through a wrapper that
+    /// execs it) and waits until it is attached.
+    pub fn start_command(mut cmd: Command) -> Tracer {
         let mut child = cmd
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -124,6 +130,11 @@ impl Tracer {
             );
         }
         tracer
+    }
+
+    /// The pid of the started process (the tracer, once a wrapper has exec'd it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM, waits for the drain and exit, and parses the stream;

@@ -6,6 +6,7 @@ mod config;
 mod context;
 mod doctor;
 mod harness;
+mod privileges;
 mod rules;
 
 use std::{
