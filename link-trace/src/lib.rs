@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod detect;
 pub mod enrich;
 pub mod event;
+pub mod formats;
 pub mod klog;
 pub mod loader;
 pub mod names;

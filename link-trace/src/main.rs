@@ -29,9 +29,10 @@ fn main() -> ExitCode {
         Command::Replay {
             file,
             json,
+            format,
             alerts_only,
             rules,
-        } => commands::replay(&file, json, alerts_only, &rules, &mut stdout),
+        } => commands::replay(&file, json, format, alerts_only, &rules, &mut stdout),
     };
     match done {
         Ok(true) => ExitCode::SUCCESS,
