@@ -9,6 +9,8 @@
 //! the renderers follow are vendored, in part, in `spec/`; `tests.rs`
 //! checks every record kind against them.
 
+#[cfg(test)]
+mod conformance;
 pub mod ecs;
 pub mod ocsf;
 #[cfg(test)]
