@@ -15,11 +15,12 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::{
-    AsText, Extras, HostInfo, LinkExtras, PRODUCT, PRODUCT_VERSION, errno_description,
-    event_message, file_name, location, loss_message, lossy, mitre_parts, parent_directory,
-    stats_message, write_line,
+    ARCHITECTURE, AsText, Extras, HostInfo, LinkExtras, PRODUCT, PRODUCT_VERSION, PathParts,
+    errno_description, event_message, location, loss_message, mitre_parts, stats_message,
+    write_line,
 };
 use crate::{
     event::{AlertRecord, FileInfo, LinkEvent, Record},
@@ -69,7 +70,8 @@ struct Document<'a> {
     tags: &'a [String],
     event: Event<'a>,
     agent: Agent,
-    host: Host<'a>,
+    /// `Host`, rendered once per HostInfo.
+    host: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     process: Option<Process<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,7 +131,7 @@ const AGENT: Agent = Agent {
 };
 
 #[derive(Debug, Serialize)]
-struct Host<'a> {
+pub(super) struct Host<'a> {
     hostname: &'a str,
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,7 +156,7 @@ struct Os<'a> {
 }
 
 impl<'a> Host<'a> {
-    fn new(host: &'a HostInfo) -> Self {
+    pub(super) fn new(host: &'a HostInfo) -> Self {
         Self {
             hostname: &host.hostname,
             name: &host.hostname,
@@ -164,7 +166,7 @@ impl<'a> Host<'a> {
                 os_type: "linux",
                 kernel: host.kernel_release.as_deref(),
             },
-            architecture: host.architecture,
+            architecture: ARCHITECTURE,
         }
     }
 }
@@ -248,12 +250,13 @@ struct File<'a> {
 
 impl<'a> File<'a> {
     /// `path` and its name and directory; `target` as `target_path`.
-    fn at(path: Option<&'a [u8]>, target: Option<&'a [u8]>) -> Self {
+    fn at(path: Option<Cow<'a, str>>, target: Option<Cow<'a, str>>) -> Self {
+        let parts = PathParts::of(path.as_ref());
         Self {
-            path: path.map(lossy),
-            name: path.and_then(file_name).map(lossy),
-            directory: path.and_then(parent_directory).map(lossy),
-            target_path: target.map(lossy),
+            path,
+            name: parts.name,
+            directory: parts.directory,
+            target_path: target,
             ..Self::default()
         }
     }
@@ -323,8 +326,9 @@ struct SubTechnique<'a> {
 
 fn link_document<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Document<'a> {
     let p = &e.process;
-    let new_name = location(&e.newpath);
-    let mut file = File::at(new_name, location(&e.oldpath));
+    let (old, new) = (location(&e.oldpath), location(&e.newpath));
+    let message = event_message(e, old.as_deref(), new.as_deref());
+    let mut file = File::at(new, old);
     if let Some(facts) = &e.new_file {
         file = file.with_facts(facts);
     }
@@ -333,7 +337,7 @@ fn link_document<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Document<'a> {
         ecs: Ecs {
             version: ECS_VERSION,
         },
-        message: Cow::Owned(event_message(e)),
+        message: Cow::Owned(message),
         tags: &[],
         event: Event {
             kind: "event",
@@ -348,7 +352,7 @@ fn link_document<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Document<'a> {
             dataset: "link_trace.link",
         },
         agent: AGENT,
-        host: Host::new(host),
+        host: &host.ecs_host,
         process: Some(Process {
             pid: e.pid,
             name: &e.comm,
@@ -400,8 +404,8 @@ fn alert_document<'a>(a: &'a AlertRecord, host: &'a HostInfo) -> Document<'a> {
         subtechniques.extend(sub);
     }
     let file = File::at(
-        a.newpath_resolved.as_deref().map(str::as_bytes),
-        a.oldpath_resolved.as_deref().map(str::as_bytes),
+        a.newpath_resolved.as_deref().map(Cow::Borrowed),
+        a.oldpath_resolved.as_deref().map(Cow::Borrowed),
     );
     Document {
         timestamp: &a.time,
@@ -423,7 +427,7 @@ fn alert_document<'a>(a: &'a AlertRecord, host: &'a HostInfo) -> Document<'a> {
             dataset: "link_trace.alert",
         },
         agent: AGENT,
-        host: Host::new(host),
+        host: &host.ecs_host,
         process: Some(Process {
             pid: a.pid,
             name: &a.comm,
@@ -487,7 +491,7 @@ fn metric_document<'a>(
             dataset,
         },
         agent: AGENT,
-        host: Host::new(host),
+        host: &host.ecs_host,
         process: None,
         user: None,
         group: None,

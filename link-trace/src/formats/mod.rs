@@ -20,6 +20,7 @@ use std::{borrow::Cow, fmt::Display};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::event::{AlertRecord, FileInfo, LinkEvent, LossRecord, PathField, Record, StatsRecord};
 
@@ -28,22 +29,49 @@ use crate::event::{AlertRecord, FileInfo, LinkEvent, LossRecord, PathField, Reco
 pub const PRODUCT: &str = "link-trace";
 pub const PRODUCT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The machine the documents describe, read once at start-up. Records do
-/// not carry it: `replay` describes the machine it runs on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The machine the documents describe, read once at start-up, with the
+/// parts of documents that only depend on it rendered once. Records do not
+/// carry it: `replay` describes the machine it runs on.
+#[derive(Debug, Clone)]
 pub struct HostInfo {
-    pub hostname: String,
+    hostname: String,
     /// `/etc/machine-id`, when there is one.
-    pub machine_id: Option<String>,
+    machine_id: Option<String>,
     /// This boot's id (`/proc/sys/kernel/random/boot_id`).
-    pub boot_id: Option<String>,
+    boot_id: Option<String>,
     /// `uname -r`.
-    pub kernel_release: Option<String>,
-    /// The architecture link-trace was built for (it traces its own kernel).
-    pub architecture: &'static str,
+    kernel_release: Option<String>,
+    /// ECS `host` and OCSF `device`, the same in every document: rendered
+    /// once, copied as they are (escaping them per document was a tenth
+    /// of the rendering time).
+    ecs_host: Box<RawValue>,
+    ocsf_device: Box<RawValue>,
 }
 
+/// The architecture link-trace was built for (it traces its own kernel).
+const ARCHITECTURE: &str = std::env::consts::ARCH;
+
 impl HostInfo {
+    pub fn new(
+        hostname: String,
+        machine_id: Option<String>,
+        boot_id: Option<String>,
+        kernel_release: Option<String>,
+    ) -> Self {
+        let mut host = Self {
+            hostname,
+            machine_id,
+            boot_id,
+            kernel_release,
+            ecs_host: RawValue::NULL.to_owned(),
+            ocsf_device: RawValue::NULL.to_owned(),
+        };
+        host.ecs_host = raw_json(&ecs::Host::new(&host));
+        host.ocsf_device = raw_json(&ocsf::Device::new(&host));
+        host
+    }
+
+    /// This machine's.
     pub fn read() -> Self {
         let first_line = |path: &str| {
             std::fs::read_to_string(path)
@@ -51,16 +79,28 @@ impl HostInfo {
                 .map(|text| text.trim().to_owned())
                 .filter(|text| !text.is_empty())
         };
-        Self {
-            hostname: hostname()
+        Self::new(
+            hostname()
                 .or_else(|| first_line("/proc/sys/kernel/hostname"))
                 .unwrap_or_else(|| "localhost".to_owned()),
-            machine_id: first_line("/etc/machine-id"),
-            boot_id: first_line("/proc/sys/kernel/random/boot_id"),
-            kernel_release: first_line("/proc/sys/kernel/osrelease"),
-            architecture: std::env::consts::ARCH,
-        }
+            first_line("/etc/machine-id"),
+            first_line("/proc/sys/kernel/random/boot_id"),
+            first_line("/proc/sys/kernel/osrelease"),
+        )
     }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    pub fn kernel_release(&self) -> Option<&str> {
+        self.kernel_release.as_deref()
+    }
+}
+
+/// A document part rendered once. Plain structs always serialize.
+fn raw_json(part: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(part).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 fn hostname() -> Option<String> {
@@ -114,50 +154,83 @@ impl<T: Display> Serialize for AsText<T> {
     }
 }
 
-/// Bytes as text: borrowed when they are UTF-8, else each invalid sequence
-/// becomes U+FFFD.
-fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+/// Bytes as text (borrowed when they are UTF-8, else each invalid sequence
+/// becomes U+FFFD) and, when they are not UTF-8, their exact base64. The
+/// bytes are validated once.
+fn text_and_b64(bytes: &[u8]) -> (Cow<'_, str>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Cow::Borrowed(text), None),
+        Err(_) => (
+            Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
+            Some(STANDARD.encode(bytes)),
+        ),
+    }
+}
+
+fn text(bytes: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
 
-/// The exact bytes in base64 when they are not UTF-8 (the lossy text
-/// cannot be turned back into them).
-fn b64_unless_utf8(bytes: &[u8]) -> Option<String> {
-    std::str::from_utf8(bytes)
-        .is_err()
-        .then(|| STANDARD.encode(bytes))
+/// Where a path argument points, as text: its absolute resolution when
+/// there is one, else the argument as passed (relative, or unresolved).
+fn location<P>(field: &PathField<P>) -> Option<Cow<'_, str>> {
+    field
+        .resolved
+        .as_deref()
+        .or(field.bytes.as_deref())
+        .map(text)
 }
 
-/// Where a path argument points: its absolute resolution when there is one,
-/// else the argument as passed (relative, or unresolved).
-fn location<P>(field: &PathField<P>) -> Option<&[u8]> {
-    field.resolved.as_deref().or(field.bytes.as_deref())
+/// A path's last component and the directory holding it, sharing the
+/// path's text when it is borrowed.
+struct PathParts<'a> {
+    name: Option<Cow<'a, str>>,
+    directory: Option<Cow<'a, str>>,
+}
+
+impl<'a> PathParts<'a> {
+    fn of(path: Option<&Cow<'a, str>>) -> Self {
+        match path {
+            None => Self {
+                name: None,
+                directory: None,
+            },
+            Some(Cow::Borrowed(path)) => Self {
+                name: file_name(path).map(Cow::Borrowed),
+                directory: parent_directory(path).map(Cow::Borrowed),
+            },
+            Some(Cow::Owned(path)) => Self {
+                name: file_name(path).map(|n| Cow::Owned(n.to_owned())),
+                directory: parent_directory(path).map(|d| Cow::Owned(d.to_owned())),
+            },
+        }
+    }
 }
 
 /// The last component of a path ("b" of "/a/b"), None when empty.
-fn file_name(path: &[u8]) -> Option<&[u8]> {
+fn file_name(path: &str) -> Option<&str> {
     let trimmed = trim_trailing_slashes(path);
-    let name = match trimmed.iter().rposition(|&b| b == b'/') {
-        Some(slash) => &trimmed[slash + 1..],
-        None => trimmed,
-    };
+    let name = trimmed.rsplit_once('/').map_or(trimmed, |(_, name)| name);
     (!name.is_empty()).then_some(name)
 }
 
 /// The directory holding the last component ("/a" of "/a/b", "/" of "/b"),
-/// None for a bare name.
-fn parent_directory(path: &[u8]) -> Option<&[u8]> {
-    let trimmed = trim_trailing_slashes(path);
-    let slash = trimmed.iter().rposition(|&b| b == b'/')?;
-    Some(if slash == 0 { b"/" } else { &trimmed[..slash] })
+/// None for a bare name or "/".
+fn parent_directory(path: &str) -> Option<&str> {
+    let (directory, name) = trim_trailing_slashes(path).rsplit_once('/')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some(if directory.is_empty() { "/" } else { directory })
 }
 
-fn trim_trailing_slashes(path: &[u8]) -> &[u8] {
-    let mut end = path.len();
-    while end > 1 && path[end - 1] == b'/' {
-        end -= 1;
+fn trim_trailing_slashes(path: &str) -> &str {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() && !path.is_empty() {
+        "/"
+    } else {
+        trimmed
     }
-    &path[..end]
 }
 
 /// strerror(3) of a failed call's `ret` (-errno), e.g. "File exists".
@@ -174,21 +247,23 @@ fn epoch_ms(time: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// One line for people: "ln (pid 7, uid 1000) linkat /a -> /b: EEXIST".
-fn event_message(e: &LinkEvent) -> String {
-    fn path(bytes: Option<&[u8]>) -> Cow<'_, str> {
-        bytes.map_or(Cow::Borrowed("<unreadable>"), lossy)
-    }
-    format!(
-        "{} (pid {}, uid {}) {} {} -> {}: {}",
+/// One line for people: "ln (pid 7, uid 1000) linkat /a -> /b: EEXIST",
+/// from the event and its paths' `location`s.
+fn event_message(e: &LinkEvent, old: Option<&str>, new: Option<&str>) -> String {
+    use std::fmt::Write as _;
+    const UNREADABLE: &str = "<unreadable>";
+    let (old, new) = (old.unwrap_or(UNREADABLE), new.unwrap_or(UNREADABLE));
+    let mut message = String::with_capacity(48 + e.comm.len() + old.len() + new.len());
+    let _ = write!(
+        message,
+        "{} (pid {}, uid {}) {} {old} -> {new}: {}",
         e.comm,
         e.pid,
         e.uid,
         e.syscall,
-        path(location(&e.oldpath)),
-        path(location(&e.newpath)),
         e.errno.as_deref().unwrap_or("ok")
-    )
+    );
+    message
 }
 
 /// A MITRE ATT&CK id split into its technique and, for "T1003.008", the
@@ -290,27 +365,34 @@ struct PathExtras<'a> {
 
 impl<'a> PathExtras<'a> {
     fn new<P>(dirfd: i32, field: &'a PathField<P>) -> Self {
-        let text = |bytes: Option<&'a Vec<u8>>| bytes.map(|b| lossy(b));
-        let b64 = |bytes: Option<&Vec<u8>>| bytes.and_then(|b| b64_unless_utf8(b));
+        let split = |bytes: &'a Option<Vec<u8>>| match bytes.as_deref().map(text_and_b64) {
+            Some((text, b64)) => (Some(text), b64),
+            None => (None, None),
+        };
+        let (arg, arg_b64) = split(&field.bytes);
+        let (resolved, resolved_b64) = split(&field.resolved);
+        let (at_exit, at_exit_b64) = split(&field.at_exit);
+        let (canonical, canonical_b64) = split(&field.canonical);
         Self {
             dirfd,
-            arg: text(field.bytes.as_ref()),
-            arg_b64: b64(field.bytes.as_ref()),
+            arg,
+            arg_b64,
             truncated: field.truncated,
             error: field.error.as_deref(),
-            resolved: text(field.resolved.as_ref()),
-            resolved_b64: b64(field.resolved.as_ref()),
+            resolved,
+            resolved_b64,
             resolution: field.resolution,
             resolution_error: field.resolution_error,
-            at_exit: text(field.at_exit.as_ref()),
-            at_exit_b64: b64(field.at_exit.as_ref()),
-            canonical: text(field.canonical.as_ref()),
-            canonical_b64: b64(field.canonical.as_ref()),
+            at_exit,
+            at_exit_b64,
+            canonical,
+            canonical_b64,
         }
     }
 }
 
 impl<'a> LinkExtras<'a> {
+    /// Everything, the source's and the new name's facts included.
     fn new(e: &'a LinkEvent) -> Self {
         let p = &e.process;
         Self {
@@ -340,6 +422,16 @@ impl<'a> LinkExtras<'a> {
             cgroup_path: p.cgroup_path.as_deref(),
             mnt_ns: p.mnt_ns,
             pid_ns: p.pid_ns,
+        }
+    }
+
+    /// Without the two files' facts, for a format whose own file objects
+    /// hold all of them.
+    fn without_file_facts(e: &'a LinkEvent) -> Self {
+        Self {
+            file: None,
+            new_file: None,
+            ..Self::new(e)
         }
     }
 }

@@ -3,8 +3,8 @@
 //! **Link events: File System Activity (class_uid 1001), activity_id 99
 //! (Other) with activity_name "Link".** The class's activity enum has no
 //! link: Create is "a request to create a new file", and a hard link creates
-//! no file, only a new name for an existing one (OCSF issue
-//! ocsf/ocsf-schema#1425 describes this gap; no later version fills it).
+//! no file, only a new name for an existing one (the open OCSF issue
+//! ocsf/ocsf-schema#1425 describes this gap; 1.8.0 has no link activity).
 //! 99 Other is what the enum provides for an activity it does not list.
 //! The two names map onto the class's own attributes the way Rename uses
 //! them: `file` is "the file that is the target of the activity", the
@@ -13,8 +13,10 @@
 //! and successful", the new name (newpath, with the facts of a stat after
 //! the call), present only when the call succeeded. The name a failed call
 //! tried to create is in `unmapped.link_trace.newpath`, with everything else
-//! link-trace knows. Paths are the kernel-resolved absolute paths when
-//! known, else the argument as passed.
+//! link-trace knows but OCSF has no attribute for. Inode facts OCSF's file
+//! object lacks (device, mode, setuid, setgid, gid, link count, where the
+//! facts came from) are in the file's `xattributes`. Paths are the
+//! kernel-resolved absolute paths when known, else the argument as passed.
 //!
 //! **Alerts: Detection Finding (2004)**, activity 1 Create, with the rule
 //! in `finding_info.analytic`, MITRE ids in `finding_info.attacks` and the
@@ -30,11 +32,12 @@
 use std::borrow::Cow;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::{
-    AsText, Extras, HostInfo, LinkExtras, PRODUCT, PRODUCT_VERSION, epoch_ms, errno_description,
-    event_message, file_name, location, loss_message, lossy, mitre_parts, parent_directory,
-    stats_message, write_line,
+    AsText, Extras, HostInfo, LinkExtras, PRODUCT, PRODUCT_VERSION, PathParts, epoch_ms,
+    errno_description, event_message, location, loss_message, mitre_parts, stats_message,
+    write_line,
 };
 use crate::{
     event::{AlertRecord, FileInfo, LinkEvent, Record},
@@ -185,7 +188,8 @@ struct Event<'a> {
     metadata: Metadata<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     actor: Option<Actor<'a>>,
-    device: Device<'a>,
+    /// `Device`, rendered once per HostInfo.
+    device: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<File<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,7 +277,7 @@ impl<'a> Metadata<'a> {
 }
 
 #[derive(Debug, Serialize)]
-struct Device<'a> {
+pub(super) struct Device<'a> {
     hostname: &'a str,
     type_id: u8,
     #[serde(rename = "type")]
@@ -297,7 +301,7 @@ struct Os<'a> {
 }
 
 impl<'a> Device<'a> {
-    fn new(host: &'a HostInfo) -> Self {
+    pub(super) fn new(host: &'a HostInfo) -> Self {
         Self {
             hostname: &host.hostname,
             type_id: 0,
@@ -401,12 +405,13 @@ struct XAttributes<'a> {
 }
 
 impl<'a> File<'a> {
-    fn at(path: Option<&'a [u8]>) -> Self {
+    fn at(path: Option<Cow<'a, str>>) -> Self {
         let (type_id, file_type) = UNKNOWN_TYPE;
+        let parts = PathParts::of(path.as_ref());
         Self {
-            name: path.and_then(file_name).map_or(Cow::Borrowed(""), lossy),
-            path: path.map(lossy),
-            parent_folder: path.and_then(parent_directory).map(lossy),
+            name: parts.name.unwrap_or_default(),
+            path,
+            parent_folder: parts.directory,
             type_id,
             file_type,
             uid: None,
@@ -503,7 +508,7 @@ struct Evidence<'a> {
 fn link_event<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Event<'a> {
     let p = &e.process;
     let executable = p.exe.as_deref().map(|exe| {
-        let mut file = File::at(Some(exe.as_bytes()));
+        let mut file = File::at(Some(Cow::Borrowed(exe)));
         // Only regular files can be executed.
         (file.type_id, file.file_type) = file_type("regular");
         file
@@ -514,6 +519,8 @@ fn link_event<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Event<'a> {
     } else {
         PROFILES_CALLER
     };
+    let (old, new) = (location(&e.oldpath), location(&e.newpath));
+    let message = event_message(e, old.as_deref(), new.as_deref());
     let (status_id, status) = if e.success {
         (1, "Success")
     } else {
@@ -529,7 +536,7 @@ fn link_event<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Event<'a> {
         status: Some(status),
         status_code: e.errno.as_deref(),
         status_detail: errno_description(e.ret),
-        message: Cow::Owned(event_message(e)),
+        message: Cow::Owned(message),
         metadata: Metadata::new(&e.time, Some(e.seq), profiles),
         actor: Some(Actor {
             process: Process {
@@ -546,16 +553,17 @@ fn link_event<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Event<'a> {
             },
             user: Some(User { uid: AsText(e.uid) }),
         }),
-        device: Device::new(host),
-        file: Some(File::at(location(&e.oldpath)).with_facts(e.file.as_ref())),
+        device: &host.ocsf_device,
+        file: Some(File::at(old).with_facts(e.file.as_ref())),
         file_result: e
             .success
-            .then(|| File::at(location(&e.newpath)).with_facts(e.new_file.as_ref())),
+            .then(|| File::at(new).with_facts(e.new_file.as_ref())),
         is_alert: None,
         finding_info: None,
         evidences: None,
         unmapped: Unmapped {
-            link_trace: Extras::Link(Box::new(LinkExtras::new(e))),
+            // file and file_result hold every fact of both files.
+            link_trace: Extras::Link(Box::new(LinkExtras::without_file_facts(e))),
         },
     }
 }
@@ -588,7 +596,7 @@ fn finding<'a>(a: &'a AlertRecord, host: &'a HostInfo) -> Event<'a> {
         message: Cow::Borrowed(&a.message),
         metadata: Metadata::new(&a.time, None, PROFILES_HOST),
         actor: None,
-        device: Device::new(host),
+        device: &host.ocsf_device,
         file: None,
         file_result: None,
         is_alert: Some(true),
@@ -635,7 +643,7 @@ fn finding<'a>(a: &'a AlertRecord, host: &'a HostInfo) -> Event<'a> {
             file: a
                 .oldpath_resolved
                 .as_deref()
-                .map(|path| File::at(Some(path.as_bytes()))),
+                .map(|path| File::at(Some(Cow::Borrowed(path)))),
         }]),
         unmapped: Unmapped {
             link_trace: Extras::Alert(a),
@@ -666,7 +674,7 @@ impl<'a> Event<'a> {
             message: Cow::Owned(message),
             metadata: Metadata::new(time, None, PROFILES_HOST),
             actor: None,
-            device: Device::new(host),
+            device: &host.ocsf_device,
             file: None,
             file_result: None,
             is_alert: None,

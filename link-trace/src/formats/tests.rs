@@ -21,13 +21,12 @@ use crate::{
 const CONTAINER: &str = "4b1c2f0e9d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c";
 
 fn host() -> HostInfo {
-    HostInfo {
-        hostname: "tracer-host".into(),
-        machine_id: Some("0123456789abcdef0123456789abcdef".into()),
-        boot_id: Some("90a39753-fffe-4cbc-b67d-58a23f541f5d".into()),
-        kernel_release: Some("6.18.0".into()),
-        architecture: "x86_64",
-    }
+    HostInfo::new(
+        "tracer-host".into(),
+        Some("0123456789abcdef0123456789abcdef".into()),
+        Some("90a39753-fffe-4cbc-b67d-58a23f541f5d".into()),
+        Some("6.18.0".into()),
+    )
 }
 
 /// A successful linkat with every context field known, in a container.
@@ -168,8 +167,12 @@ fn all_records() -> Vec<(&'static str, Record)> {
 
 /// Renders one record and parses it back; it must be exactly one line.
 fn document(format: DocumentFormat, record: &Record) -> Value {
+    document_on(format, record, &host())
+}
+
+fn document_on(format: DocumentFormat, record: &Record, host: &HostInfo) -> Value {
     let mut out = Vec::new();
-    render(format, record, &host(), &mut out);
+    render(format, record, host, &mut out);
     let text = String::from_utf8(out).expect("documents are UTF-8");
     assert!(text.ends_with('\n'), "one line ending in a newline: {text}");
     assert_eq!(text.matches('\n').count(), 1, "exactly one line: {text}");
@@ -182,6 +185,14 @@ fn ecs_doc(record: &Record) -> Value {
 
 fn ocsf_doc(record: &Record) -> Value {
     document(DocumentFormat::Ocsf, record)
+}
+
+fn ecs_doc_on(record: &Record, host: &HostInfo) -> Value {
+    document_on(DocumentFormat::Ecs, record, host)
+}
+
+fn ocsf_doc_on(record: &Record, host: &HostInfo) -> Value {
+    document_on(DocumentFormat::Ocsf, record, host)
 }
 
 #[test]
@@ -625,20 +636,27 @@ fn native_format_is_the_json_of_output() {
 #[test]
 fn paths_split_into_name_and_directory() {
     use super::{file_name, parent_directory};
-    assert_eq!(file_name(b"/a/b"), Some(&b"b"[..]));
-    assert_eq!(parent_directory(b"/a/b"), Some(&b"/a"[..]));
-    assert_eq!(parent_directory(b"/b"), Some(&b"/"[..]));
-    assert_eq!(file_name(b"b"), Some(&b"b"[..]));
-    assert_eq!(parent_directory(b"b"), None);
-    assert_eq!(file_name(b"/a/b//"), Some(&b"b"[..]));
-    assert_eq!(file_name(b"/"), None);
-    assert_eq!(file_name(b""), None);
+    assert_eq!(file_name("/a/b"), Some("b"));
+    assert_eq!(parent_directory("/a/b"), Some("/a"));
+    assert_eq!(parent_directory("/b"), Some("/"));
+    assert_eq!(file_name("b"), Some("b"));
+    assert_eq!(parent_directory("b"), None);
+    assert_eq!(file_name("/a/b//"), Some("b"));
+    assert_eq!(parent_directory("/a/b//"), Some("/a"));
+    assert_eq!(file_name("/"), None);
+    assert_eq!(parent_directory("/"), None);
+    assert_eq!(file_name(""), None);
 }
 
 #[test]
 fn host_info_reads_this_machine() {
     let host = HostInfo::read();
-    assert!(!host.hostname.is_empty());
+    assert!(!host.hostname().is_empty());
     let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    assert_eq!(host.kernel_release.as_deref(), Some(uname.trim()));
+    assert_eq!(host.kernel_release(), Some(uname.trim()));
+    let doc = ecs_doc_on(&event(full_event()), &host);
+    assert_eq!(doc["host"]["hostname"], host.hostname());
+    assert_eq!(doc["host"]["architecture"], std::env::consts::ARCH);
+    let doc = ocsf_doc_on(&event(full_event()), &host);
+    assert_eq!(doc["device"]["hostname"], host.hostname());
 }

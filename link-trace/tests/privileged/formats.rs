@@ -170,7 +170,7 @@ fn a_real_recording_replays_as_ecs_and_ocsf() {
             ("/user/id", json!(uid.to_string())),
             ("/group/id", json!(gid.to_string())),
             ("/file/name", json!("dst")),
-            ("/file/directory", json!(s(&r.dst.parent().unwrap()))),
+            ("/file/directory", json!(s(r.dst.parent().unwrap()))),
             ("/file/target_path", json!(s(&r.src))),
             ("/file/inode", json!(inode.to_string())),
             ("/file/device", json!(src_dev)),
