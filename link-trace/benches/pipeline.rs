@@ -199,25 +199,11 @@ fn pipeline(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECORDS as u64));
     let mut out = Vec::with_capacity(2 * BATCH_BYTES);
     let mut seq = 0u64;
-    group.bench_function("decode_event_render_json", |b| {
-        b.iter(|| {
-            for raw in &records {
-                let Ok(record) = decode_record(black_box(raw)) else {
-                    continue;
-                };
-                seq += 1;
-                let event = LinkEvent::from_record(&record, seq, &clock);
-                render(Format::Json, &Record::Event(Box::new(event)), &mut out);
-                if out.len() >= BATCH_BYTES {
-                    black_box(&out);
-                    out.clear();
-                }
-            }
-        });
-    });
-    // The same events as ECS and as OCSF documents (formats/).
+    // Native JSON (the figure `cargo xtask bench` reports), then the same
+    // events as ECS and as OCSF documents (formats/).
     let host = HostInfo::read();
     for (name, format) in [
+        ("decode_event_render_json", DocumentFormat::Native),
         ("decode_event_render_ecs", DocumentFormat::Ecs),
         ("decode_event_render_ocsf", DocumentFormat::Ocsf),
     ] {
