@@ -130,9 +130,14 @@ pub enum Command {
     Replay {
         /// JSON lines as `link-trace --json` writes them; `-` for stdin.
         file: PathBuf,
-        /// Print JSON lines instead of readable text.
+        /// Print JSON lines instead of readable text (the same as
+        /// `--format native`).
         #[arg(long)]
         json: bool,
+        /// Print one document per line in this format: link-trace's own JSON
+        /// (`native`), Elastic Common Schema (`ecs`) or OCSF (`ocsf`).
+        #[arg(long, value_name = "FORMAT", conflicts_with = "json")]
+        format: Option<crate::formats::DocumentFormat>,
         /// Print only alerts.
         #[arg(long)]
         alerts_only: bool,
@@ -243,8 +248,32 @@ mod tests {
         .unwrap();
         assert!(matches!(
             cli.command,
-            Some(Command::Replay { json: true, rules, .. }) if rules.no_builtin_rules
+            Some(Command::Replay { json: true, format: None, rules, .. }) if rules.no_builtin_rules
         ));
+        let cli =
+            Cli::try_parse_from(["link-trace", "replay", "r.jsonl", "--format", "ocsf"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Replay {
+                json: false,
+                format: Some(crate::formats::DocumentFormat::Ocsf),
+                ..
+            })
+        ));
+        assert!(
+            Cli::try_parse_from(["link-trace", "replay", "r.jsonl", "--format", "xml"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "link-trace",
+                "replay",
+                "r.jsonl",
+                "--json",
+                "--format",
+                "ecs"
+            ])
+            .is_err()
+        );
         assert!(Cli::try_parse_from(["link-trace", "--pid", "5", "replay", "r.jsonl"]).is_err());
         assert!(Cli::try_parse_from(["link-trace", "rules", "check"]).is_err());
         let cli = Cli::try_parse_from(["link-trace", "doctor", "--json"]).unwrap();

@@ -10,7 +10,9 @@ use std::{
 use crate::{
     cli::RuleArgs,
     detect::Detector,
-    output::Format,
+    event::Record,
+    formats::{self, DocumentFormat, HostInfo},
+    output::{self, Format},
     replay,
     rules::{BUILTIN_NAME, Engine, RuleSet, load_file},
 };
@@ -90,10 +92,12 @@ pub fn rules_check(files: &[impl AsRef<Path>], out: &mut impl Write) -> std::io:
     Ok(ok)
 }
 
-/// `link-trace replay FILE`: alerts from recorded events.
+/// `link-trace replay FILE`: alerts from recorded events, written as text,
+/// native JSON (`--json`) or a document `format`.
 pub fn replay(
     file: &Path,
     json: bool,
+    format: Option<DocumentFormat>,
     alerts_only: bool,
     args: &RuleArgs,
     out: &mut impl Write,
@@ -102,10 +106,23 @@ pub fn replay(
         return Ok(false);
     };
     let detector = Detector::new(Engine::new(set), alerts_only);
-    let format = if json { Format::Json } else { Format::Text };
+    // The recording does not say which host it came from: documents
+    // describe the machine replaying it.
+    let host = format.map(|_| HostInfo::read());
+    let mut render = |record: &Record, line: &mut Vec<u8>| match (format, &host) {
+        (Some(format), Some(host)) => formats::render(format, record, host, line),
+        _ if json => output::render(Format::Json, record, line),
+        _ => output::render(Format::Text, record, line),
+    };
     let name = file.display().to_string();
     let summary = if name == "-" {
-        replay::replay(std::io::stdin().lock(), "<stdin>", detector, format, out)?
+        replay::replay_with(
+            std::io::stdin().lock(),
+            "<stdin>",
+            detector,
+            &mut render,
+            out,
+        )?
     } else {
         let input = match std::fs::File::open(file) {
             Ok(input) => input,
@@ -114,7 +131,7 @@ pub fn replay(
                 return Ok(false);
             }
         };
-        replay::replay(BufReader::new(input), &name, detector, format, out)?
+        replay::replay_with(BufReader::new(input), &name, detector, &mut render, out)?
     };
     eprintln!(
         "link-trace: replayed {} events from {} lines: {} alerts, {} lines skipped, {} window evictions",

@@ -90,6 +90,10 @@ pub enum OutputFormat {
     Json,
     /// One readable line per record.
     Text,
+    /// Elastic Common Schema documents (see `formats::ecs`).
+    Ecs,
+    /// OCSF events (see `formats::ocsf`).
+    Ocsf,
 }
 
 impl fmt::Display for OutputFormat {
@@ -97,6 +101,8 @@ impl fmt::Display for OutputFormat {
         f.write_str(match self {
             OutputFormat::Json => "json",
             OutputFormat::Text => "text",
+            OutputFormat::Ecs => "ecs",
+            OutputFormat::Ocsf => "ocsf",
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod detect;
 pub mod doctor;
 pub mod enrich;
 pub mod event;
+pub mod formats;
 pub mod klog;
 pub mod loader;
 pub mod names;

@@ -28,9 +28,10 @@ fn main() -> ExitCode {
         Command::Replay {
             file,
             json,
+            format,
             alerts_only,
             rules,
-        } => commands::replay(&file, json, alerts_only, &rules, &mut stdout),
+        } => commands::replay(&file, json, format, alerts_only, &rules, &mut stdout),
         Command::Doctor { json } => doctor::main(json, &mut stdout),
     };
     match done {

@@ -244,8 +244,26 @@ pub struct ReplaySummary {
 pub fn replay(
     input: impl BufRead,
     name: &str,
-    mut detector: Detector,
+    detector: Detector,
     format: Format,
+    out: &mut impl Write,
+) -> std::io::Result<ReplaySummary> {
+    replay_with(
+        input,
+        name,
+        detector,
+        &mut |record, line| render(format, record, line),
+        out,
+    )
+}
+
+/// `replay` with each record written by `render` (one line, newline
+/// included), e.g. as an ECS or OCSF document.
+pub fn replay_with(
+    input: impl BufRead,
+    name: &str,
+    mut detector: Detector,
+    render: &mut dyn FnMut(&Record, &mut Vec<u8>),
     out: &mut impl Write,
 ) -> std::io::Result<ReplaySummary> {
     let mut summary = ReplaySummary::default();
@@ -268,7 +286,7 @@ pub fn replay(
         };
         detector.process(record, |r| {
             buffer.clear();
-            render(format, &r, &mut buffer);
+            render(&r, &mut buffer);
             match out.write_all(&buffer) {
                 Ok(()) => true,
                 Err(e) => {

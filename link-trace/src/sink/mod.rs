@@ -11,7 +11,7 @@ pub mod stdout;
 use std::{
     io,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError},
     },
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::{
     config::{OutputConfig, OutputFormat},
     event::Record,
+    formats::{self, HostInfo},
     output::{self, Format},
 };
 
@@ -117,7 +118,15 @@ pub fn render(format: OutputFormat, record: &Record, out: &mut Vec<u8>) {
     match format {
         OutputFormat::Json => output::render(Format::Json, record, out),
         OutputFormat::Text => output::render(Format::Text, record, out),
+        OutputFormat::Ecs => formats::ecs::render(record, host(), out),
+        OutputFormat::Ocsf => formats::ocsf::render(record, host(), out),
     }
+}
+
+/// This machine, as ECS and OCSF documents describe it: read once.
+fn host() -> &'static HostInfo {
+    static HOST: OnceLock<HostInfo> = OnceLock::new();
+    HOST.get_or_init(HostInfo::read)
 }
 
 /// What happened to the records handed to one sink; read by stats records,

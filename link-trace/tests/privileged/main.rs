@@ -5,6 +5,7 @@
 mod config;
 mod context;
 mod doctor;
+mod formats;
 mod harness;
 mod privileges;
 mod rules;
