@@ -56,6 +56,7 @@ pub struct FileConfig {
     pub no_builtin_rules: Option<bool>,
     pub rules_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_allow_remote: Option<bool>,
     /// `[[output]]` tables; `--output` flags replace them all.
     output: Option<Vec<RawOutput>>,
     /// The `[[output]]` tables, checked.
@@ -482,6 +483,8 @@ pub struct Settings {
     pub alerts_only: bool,
     pub rules: RuleArgs,
     pub metrics_listen: Option<SocketAddr>,
+    /// `metrics_listen` may be a non-loopback address.
+    pub metrics_allow_remote: bool,
     pub outputs: Vec<OutputConfig>,
 }
 
@@ -554,6 +557,8 @@ impl Settings {
                     .or_else(|| Some(PathBuf::from(RULES_DIR))),
             },
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
+            metrics_allow_remote: cli.metrics_allow_remote
+                || file.metrics_allow_remote.unwrap_or(false),
             outputs,
         }
     }
@@ -591,6 +596,7 @@ impl Settings {
         self.comms.clone_from(&old.comms);
         self.ring_bytes = old.ring_bytes;
         self.metrics_listen = old.metrics_listen;
+        self.metrics_allow_remote = old.metrics_allow_remote;
     }
 
     /// The settings a reload cannot change without reattaching the programs.
@@ -602,6 +608,10 @@ impl Settings {
             ("comm", self.comms != new.comms),
             ("ring_bytes", self.ring_bytes != new.ring_bytes),
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            (
+                "metrics_allow_remote",
+                self.metrics_allow_remote != new.metrics_allow_remote,
+            ),
         ] {
             if differs {
                 changed.push(name);
@@ -630,6 +640,7 @@ comm = ["ln"]
 stats_interval = 10
 ring_bytes = 65536
 metrics_listen = "127.0.0.1:9464"
+metrics_allow_remote = false
 
 [[output]]
 type = "stdout"
