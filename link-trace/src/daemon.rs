@@ -77,7 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         detector = detector.with_metrics(metrics.clone());
     }
     let detector = detect::spawn(detect_rx, detected_tx, detector, reload_rx)
-    .context("start the detection thread")?;
+        .context("start the detection thread")?;
     let enricher = enrich::spawn(enrich_rx, enriched_tx).context("start the enrichment thread")?;
 
     let mut decoder = Decoder::new(WallClock::sample());
@@ -155,7 +155,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             _ = sigterm.recv() => break,
             _ = tx.closed() => break,
         }
-        metrics.observe_capture(decoder.events_decoded(), decoder.decode_errors, decoder.undelivered);
+        metrics.observe_capture(
+            decoder.events_decoded(),
+            decoder.decode_errors,
+            decoder.undelivered,
+        );
     }
 
     // Detach first so nothing new arrives, then take everything already captured.

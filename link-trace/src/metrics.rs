@@ -344,7 +344,10 @@ fn single<V: Sample>(
     kind: MetricType,
     value: V,
 ) -> Result<(), std::fmt::Error> {
-    value.encode(&mut encoder.encode_descriptor(name, help, unit, kind)?, kind)
+    value.encode(
+        &mut encoder.encode_descriptor(name, help, unit, kind)?,
+        kind,
+    )
 }
 
 /// A value written as a counter or a gauge.
@@ -396,7 +399,10 @@ impl Exporter {
             }
             for (result, count) in by_result {
                 samples.push((
-                    vec![("syscall", name.to_string()), ("result", result.to_string())],
+                    vec![
+                        ("syscall", name.to_string()),
+                        ("result", result.to_string()),
+                    ],
                     count,
                 ));
             }
@@ -469,23 +475,22 @@ impl Exporter {
                 .map(|(r, name)| (vec![("sink", name.clone())], value(r)))
                 .collect()
         };
-        let by_sink_reason =
-            |full: &dyn Fn(&crate::sink::SinkReport) -> u64,
-             failed: &dyn Fn(&crate::sink::SinkReport) -> u64|
-             -> Vec<(Labels, u64)> {
-                reports
-                    .iter()
-                    .zip(&names)
-                    .flat_map(|(r, name)| {
-                        [("queue_full", full(r)), ("failed", failed(r))].map(|(reason, n)| {
-                            (
-                                vec![("sink", name.clone()), ("reason", reason.to_string())],
-                                n,
-                            )
-                        })
+        let by_sink_reason = |full: &dyn Fn(&crate::sink::SinkReport) -> u64,
+                              failed: &dyn Fn(&crate::sink::SinkReport) -> u64|
+         -> Vec<(Labels, u64)> {
+            reports
+                .iter()
+                .zip(&names)
+                .flat_map(|(r, name)| {
+                    [("queue_full", full(r)), ("failed", failed(r))].map(|(reason, n)| {
+                        (
+                            vec![("sink", name.clone()), ("reason", reason.to_string())],
+                            n,
+                        )
                     })
-                    .collect()
-            };
+                })
+                .collect()
+        };
         family(
             encoder,
             "sink_queue_depth",

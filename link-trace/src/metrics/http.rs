@@ -100,7 +100,11 @@ async fn handle(mut stream: TcpStream, registry: &PromRegistry) {
         Ok(Some(response)) => response,
         // The client went away before a whole request head.
         Ok(None) => return,
-        Err(_) => Response::text(408, "Request Timeout", "request head not received in time\n"),
+        Err(_) => Response::text(
+            408,
+            "Request Timeout",
+            "request head not received in time\n",
+        ),
     };
     let bytes = response.to_bytes();
     let _ = timeout(WRITE_TIMEOUT, async {

@@ -31,7 +31,7 @@ fn parse(text: &str) -> (Scrape, BTreeMap<String, OpenMetricsType>) {
     let mut samples = Scrape::new();
     let mut types = BTreeMap::new();
     for (name, family) in &exposition.families {
-        types.insert(name.clone(), family.family_type.clone());
+        types.insert(name.clone(), family.family_type);
         for sample in family.iter_samples() {
             let mut labels: Vec<(String, String)> = sample
                 .get_labelset()
@@ -136,7 +136,13 @@ fn events_are_counted_by_syscall_and_result() {
         sinks: Arc::default(),
         ring: None,
     });
-    let events = |syscall, result| get(&s, "link_trace_events", &[("syscall", syscall), ("result", result)]);
+    let events = |syscall, result| {
+        get(
+            &s,
+            "link_trace_events",
+            &[("syscall", syscall), ("result", result)],
+        )
+    };
     assert_eq!(events("linkat", "ok"), Some(3.0));
     assert_eq!(events("link", "ok"), Some(1.0));
     assert_eq!(events("linkat", "EEXIST"), Some(2.0));
@@ -172,10 +178,21 @@ fn a_fresh_daemon_shows_every_family() {
     ] {
         assert_eq!(types.get(family), Some(&kind), "{family} in\n{text}");
     }
-    assert_eq!(get(&s, "link_trace_events", &[("syscall", "linkat"), ("result", "ok")]), Some(0.0));
+    assert_eq!(
+        get(
+            &s,
+            "link_trace_events",
+            &[("syscall", "linkat"), ("result", "ok")]
+        ),
+        Some(0.0)
+    );
     assert_eq!(get(&s, "link_trace_rules", &[]), Some(2.0));
     assert_eq!(
-        get(&s, "link_trace_alerts", &[("rule_id", "never"), ("severity", "critical")]),
+        get(
+            &s,
+            "link_trace_alerts",
+            &[("rule_id", "never"), ("severity", "critical")]
+        ),
         Some(0.0)
     );
     let uptime = get(&s, "link_trace_uptime_seconds", &[]).unwrap();
@@ -207,7 +224,11 @@ fn losses_add_up_cpus_and_every_reason_is_there() {
     assert_eq!(lost("scratch_unavailable"), Some(0.0));
     assert_eq!(lost("arg_read_failed"), Some(0.0));
     assert_eq!(lost("decode_error"), Some(2.0));
-    assert_eq!(lost("undelivered"), Some(4.0), "capture's 1 and detection's 3");
+    assert_eq!(
+        lost("undelivered"),
+        Some(4.0),
+        "capture's 1 and detection's 3"
+    );
     assert_eq!(get(&s, "link_trace_alerts_undelivered", &[]), Some(1.0));
     assert_eq!(get(&s, "link_trace_kernel_submitted", &[]), Some(42.0));
     assert_eq!(get(&s, "link_trace_events_decoded", &[]), Some(40.0));
@@ -222,8 +243,14 @@ fn kernel_counters_that_cannot_be_read_leave_the_rest() {
         ring: None,
     });
     assert!(!types.contains_key("link_trace_kernel_submitted"));
-    assert_eq!(get(&s, "link_trace_events_lost", &[("reason", "ring_full")]), None);
-    assert_eq!(get(&s, "link_trace_events_lost", &[("reason", "decode_error")]), Some(0.0));
+    assert_eq!(
+        get(&s, "link_trace_events_lost", &[("reason", "ring_full")]),
+        None
+    );
+    assert_eq!(
+        get(&s, "link_trace_events_lost", &[("reason", "decode_error")]),
+        Some(0.0)
+    );
 }
 
 #[test]
@@ -265,8 +292,14 @@ fn stdout_config(format: OutputFormat, queue: usize) -> OutputConfig {
 fn sinks_report_depth_capacity_deliveries_and_drops() {
     // Two outputs named "stdout": the second is labelled "stdout#2".
     let sinks = vec![
-        sink::start(stdout_config(OutputFormat::Json, 64), Box::new(Accept { fail: false })),
-        sink::start(stdout_config(OutputFormat::Text, 8), Box::new(Accept { fail: true })),
+        sink::start(
+            stdout_config(OutputFormat::Json, 64),
+            Box::new(Accept { fail: false }),
+        ),
+        sink::start(
+            stdout_config(OutputFormat::Text, 8),
+            Box::new(Accept { fail: true }),
+        ),
     ];
     let (tx, rx) = mpsc::channel(8);
     for record in [event(0), event(-17), alert_record()] {
@@ -287,23 +320,56 @@ fn sinks_report_depth_capacity_deliveries_and_drops() {
     });
     let first = [("sink", "stdout")];
     let second = [("sink", "stdout#2")];
-    assert_eq!(get(&s, "link_trace_sink_queue_capacity", &first), Some(64.0));
-    assert_eq!(get(&s, "link_trace_sink_queue_capacity", &second), Some(8.0));
+    assert_eq!(
+        get(&s, "link_trace_sink_queue_capacity", &first),
+        Some(64.0)
+    );
+    assert_eq!(
+        get(&s, "link_trace_sink_queue_capacity", &second),
+        Some(8.0)
+    );
     assert_eq!(get(&s, "link_trace_sink_queue_depth", &first), Some(0.0));
-    assert_eq!(get(&s, "link_trace_sink_records_delivered", &first), Some(3.0));
-    assert_eq!(get(&s, "link_trace_sink_events_delivered", &first), Some(2.0));
-    assert_eq!(get(&s, "link_trace_sink_records_delivered", &second), Some(0.0));
+    assert_eq!(
+        get(&s, "link_trace_sink_records_delivered", &first),
+        Some(3.0)
+    );
+    assert_eq!(
+        get(&s, "link_trace_sink_events_delivered", &first),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(&s, "link_trace_sink_records_delivered", &second),
+        Some(0.0)
+    );
     let dropped = |family, sink, reason| get(&s, family, &[("sink", sink), ("reason", reason)]);
-    assert_eq!(dropped("link_trace_sink_records_dropped", "stdout#2", "failed"), Some(3.0));
-    assert_eq!(dropped("link_trace_sink_events_dropped", "stdout#2", "failed"), Some(2.0));
-    assert_eq!(dropped("link_trace_sink_events_dropped", "stdout#2", "queue_full"), Some(0.0));
-    assert_eq!(dropped("link_trace_sink_records_dropped", "stdout", "failed"), Some(0.0));
+    assert_eq!(
+        dropped("link_trace_sink_records_dropped", "stdout#2", "failed"),
+        Some(3.0)
+    );
+    assert_eq!(
+        dropped("link_trace_sink_events_dropped", "stdout#2", "failed"),
+        Some(2.0)
+    );
+    assert_eq!(
+        dropped("link_trace_sink_events_dropped", "stdout#2", "queue_full"),
+        Some(0.0)
+    );
+    assert_eq!(
+        dropped("link_trace_sink_records_dropped", "stdout", "failed"),
+        Some(0.0)
+    );
     assert_eq!(get(&s, "link_trace_sink_up", &first), Some(1.0));
-    assert_eq!(get(&s, "link_trace_sink_up", &second), Some(1.0), "failed is not gone");
+    assert_eq!(
+        get(&s, "link_trace_sink_up", &second),
+        Some(1.0),
+        "failed is not gone"
+    );
 }
 
 fn alert_record() -> Record {
-    let Record::Event(e) = event(0) else { unreachable!() };
+    let Record::Event(e) = event(0) else {
+        unreachable!()
+    };
     let mut alerts = Vec::new();
     let mut engine = Engine::new(rule_set(RULES));
     let mut e = *e;
@@ -332,16 +398,30 @@ fn the_detection_stage_counts_events_alerts_and_undelivered() {
         ring: None,
     };
     let (s, _, _) = scrape(exporter());
-    assert_eq!(get(&s, "link_trace_events", &[("syscall", "linkat"), ("result", "ok")]), Some(2.0));
     assert_eq!(
-        get(&s, "link_trace_events", &[("syscall", "linkat"), ("result", "EPERM")]),
+        get(
+            &s,
+            "link_trace_events",
+            &[("syscall", "linkat"), ("result", "ok")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        get(
+            &s,
+            "link_trace_events",
+            &[("syscall", "linkat"), ("result", "EPERM")]
+        ),
         Some(2.0)
     );
     let root = [("rule_id", "root"), ("severity", "low")];
     assert_eq!(get(&s, "link_trace_alerts", &root), Some(2.0));
     assert_eq!(get(&s, "link_trace_alerts_undelivered", &[]), Some(1.0));
     // The suppressed event is not undelivered; --alerts-only left it out.
-    assert_eq!(get(&s, "link_trace_events_lost", &[("reason", "undelivered")]), Some(0.0));
+    assert_eq!(
+        get(&s, "link_trace_events_lost", &[("reason", "undelivered")]),
+        Some(0.0)
+    );
 
     // A reload keeps the count of a rule it keeps and adds the new rule.
     detector.replace_rules(rule_set(&RULES.replace("\"never\"", "\"renamed\"")));
@@ -351,7 +431,11 @@ fn the_detection_stage_counts_events_alerts_and_undelivered() {
     let (s, _, _) = scrape(exporter());
     assert_eq!(get(&s, "link_trace_alerts", &root), Some(3.0));
     assert_eq!(
-        get(&s, "link_trace_alerts", &[("rule_id", "renamed"), ("severity", "critical")]),
+        get(
+            &s,
+            "link_trace_alerts",
+            &[("rule_id", "renamed"), ("severity", "critical")]
+        ),
         Some(0.0)
     );
 }
@@ -367,7 +451,8 @@ fn events_still_queued_when_output_goes_count_as_undelivered() {
         tx.try_send(event(0)).unwrap();
     }
     drop(tx);
-    let detector = Detector::new(Engine::new(RuleSet::default()), false).with_metrics(metrics.clone());
+    let detector =
+        Detector::new(Engine::new(RuleSet::default()), false).with_metrics(metrics.clone());
     let summary = detect::spawn(rx, out_tx, detector, reload_rx)
         .unwrap()
         .join()
@@ -383,7 +468,8 @@ fn ring_fill_reads_the_position_pages() {
     file.set_len(2 * page as u64).unwrap();
     let set = |consumer: u64, producer: u64| {
         file.write_all_at(&consumer.to_ne_bytes(), 0).unwrap();
-        file.write_all_at(&producer.to_ne_bytes(), page as u64).unwrap();
+        file.write_all_at(&producer.to_ne_bytes(), page as u64)
+            .unwrap();
     };
     set(1000, 1504);
     let ring = RingFill::map(&file, 4096).unwrap();
@@ -400,10 +486,22 @@ fn ring_fill_reads_the_position_pages() {
         sinks: Arc::default(),
         ring: Some(ring),
     });
-    assert_eq!(get(&s, "link_trace_ring_buffer_used_bytes", &[]), Some(32.0));
-    assert_eq!(get(&s, "link_trace_ring_buffer_size_bytes", &[]), Some(4096.0));
-    assert_eq!(get(&s, "link_trace_ring_buffer_fill_ratio", &[]), Some(32.0 / 4096.0));
-    assert_eq!(get(&s, "link_trace_ring_buffer_produced_bytes", &[]), Some(24.0));
+    assert_eq!(
+        get(&s, "link_trace_ring_buffer_used_bytes", &[]),
+        Some(32.0)
+    );
+    assert_eq!(
+        get(&s, "link_trace_ring_buffer_size_bytes", &[]),
+        Some(4096.0)
+    );
+    assert_eq!(
+        get(&s, "link_trace_ring_buffer_fill_ratio", &[]),
+        Some(32.0 / 4096.0)
+    );
+    assert_eq!(
+        get(&s, "link_trace_ring_buffer_produced_bytes", &[]),
+        Some(24.0)
+    );
 }
 
 fn scrape_ok() -> Result<String, std::fmt::Error> {
@@ -421,13 +519,20 @@ fn http_answers_get_and_head_for_metrics_only() {
     assert_eq!(with_query.status, 200);
     let head = respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", scrape_ok).unwrap();
     let bytes = String::from_utf8(head.to_bytes()).unwrap();
-    assert!(bytes.contains("Content-Length: 6\r\n") && bytes.ends_with("\r\n\r\n"), "{bytes}");
+    assert!(
+        bytes.contains("Content-Length: 6\r\n") && bytes.ends_with("\r\n\r\n"),
+        "{bytes}"
+    );
 
     let not_found = respond(b"GET / HTTP/1.1\r\n\r\n", || panic!("no scrape for /")).unwrap();
     assert_eq!(not_found.status, 404);
     let post = respond(b"POST /metrics HTTP/1.1\r\n\r\n", || panic!("no scrape")).unwrap();
     assert_eq!((post.status, post.allow), (405, Some("GET, HEAD")));
-    assert!(String::from_utf8(post.to_bytes()).unwrap().contains("\r\nAllow: GET, HEAD\r\n"));
+    assert!(
+        String::from_utf8(post.to_bytes())
+            .unwrap()
+            .contains("\r\nAllow: GET, HEAD\r\n")
+    );
     let bad = respond(b"\x01\x02 nonsense\r\n\r\n", || panic!("no scrape")).unwrap();
     assert_eq!(bad.status, 400);
     let failed = respond(b"GET /metrics HTTP/1.1\r\n\r\n", || Err(std::fmt::Error)).unwrap();
@@ -450,8 +555,16 @@ fn http_waits_for_a_whole_head_and_bounds_it() {
 
 #[test]
 fn only_loopback_addresses_unless_allowed() {
-    for addr in ["127.0.0.1:9464", "127.3.2.1:1", "[::1]:9464", "[::ffff:127.0.0.1]:9464"] {
-        assert!(http::check_address(addr.parse().unwrap(), false).is_ok(), "{addr}");
+    for addr in [
+        "127.0.0.1:9464",
+        "127.3.2.1:1",
+        "[::1]:9464",
+        "[::ffff:127.0.0.1]:9464",
+    ] {
+        assert!(
+            http::check_address(addr.parse().unwrap(), false).is_ok(),
+            "{addr}"
+        );
     }
     for addr in ["0.0.0.0:9464", "10.1.2.3:9464", "[::]:9464"] {
         let e = http::check_address(addr.parse().unwrap(), false).unwrap_err();
@@ -499,7 +612,14 @@ fn a_silent_client_does_not_block_a_scrape() {
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(head.contains(http::CONTENT_TYPE), "{head}");
     let (s, _) = parse(body);
-    assert_eq!(get(&s, "link_trace_events", &[("syscall", "link"), ("result", "ok")]), Some(1.0));
+    assert_eq!(
+        get(
+            &s,
+            "link_trace_events",
+            &[("syscall", "link"), ("result", "ok")]
+        ),
+        Some(1.0)
+    );
 
     let mut other = std::net::TcpStream::connect(addr).unwrap();
     other.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();

@@ -4,6 +4,7 @@
 
 mod context;
 mod harness;
+mod metrics;
 mod rules;
 
 use std::{
