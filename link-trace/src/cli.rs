@@ -37,9 +37,15 @@ pub struct Cli {
     #[arg(long = "output", value_name = "SPEC", value_parser = OutputConfig::parse_flag)]
     pub outputs: Vec<OutputConfig>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address).
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address,
+    /// such as 127.0.0.1:9464, unless --metrics-allow-remote).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// Let --metrics-listen take an address other hosts can reach. The
+    /// endpoint has no authentication: firewall it.
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
 
     /// Print one JSON object per line (see schema/link-trace-event.schema.json)
     /// instead of readable text.

@@ -166,6 +166,12 @@ pub fn config_check(file: &Path, out: &mut impl Write) -> std::io::Result<bool> 
         eprintln!("link-trace: error: {e}");
         return Ok(false);
     }
+    if let Some(addr) = settings.metrics_listen
+        && let Err(e) = crate::metrics::http::check_address(addr, settings.metrics_allow_remote)
+    {
+        eprintln!("link-trace: error: {}: {e}", file.display());
+        return Ok(false);
+    }
     let Some(rules) = load_rules(&settings.rules) else {
         return Ok(false);
     };

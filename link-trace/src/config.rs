@@ -57,6 +57,7 @@ pub struct FileConfig {
     pub rules_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub keep_capabilities: Option<bool>,
+    pub metrics_allow_remote: Option<bool>,
     /// `[[output]]` tables; `--output` flags replace them all.
     output: Option<Vec<RawOutput>>,
     /// The `[[output]]` tables, checked.
@@ -496,6 +497,8 @@ pub struct Settings {
     pub rules: RuleArgs,
     pub metrics_listen: Option<SocketAddr>,
     pub keep_capabilities: bool,
+    /// `metrics_listen` may be a non-loopback address.
+    pub metrics_allow_remote: bool,
     pub outputs: Vec<OutputConfig>,
 }
 
@@ -569,6 +572,8 @@ impl Settings {
             },
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
             keep_capabilities: cli.keep_capabilities || file.keep_capabilities.unwrap_or(false),
+            metrics_allow_remote: cli.metrics_allow_remote
+                || file.metrics_allow_remote.unwrap_or(false),
             outputs,
         }
     }
@@ -607,6 +612,7 @@ impl Settings {
         self.ring_bytes = old.ring_bytes;
         self.metrics_listen = old.metrics_listen;
         self.keep_capabilities = old.keep_capabilities;
+        self.metrics_allow_remote = old.metrics_allow_remote;
     }
 
     /// The settings a reload cannot change without reattaching the programs.
@@ -621,6 +627,10 @@ impl Settings {
             (
                 "keep_capabilities",
                 self.keep_capabilities != new.keep_capabilities,
+            ),
+            (
+                "metrics_allow_remote",
+                self.metrics_allow_remote != new.metrics_allow_remote,
             ),
         ] {
             if differs {
@@ -650,6 +660,7 @@ comm = ["ln"]
 stats_interval = 10
 ring_bytes = 65536
 metrics_listen = "127.0.0.1:9464"
+metrics_allow_remote = false
 
 [[output]]
 type = "stdout"

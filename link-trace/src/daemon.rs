@@ -1,6 +1,9 @@
 //! Runs the pipeline: load and attach, capture until a signal, then drain.
 
-use std::{sync::mpsc as std_mpsc, time::Duration};
+use std::{
+    sync::{Arc, mpsc as std_mpsc},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use link_trace_common::DRAIN_INTERVAL_MS;
@@ -19,6 +22,7 @@ use crate::{
     enrich,
     event::Record,
     loader,
+    metrics::{self, Exporter, Metrics, RingFill},
     rules::Engine,
     sink::{self, Control, Registry},
     stats::{self, LossTracker},
@@ -48,8 +52,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         .iter()
         .map(sink::open)
         .collect::<Result<Vec<_>, _>>()?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.install_rules(&rules.rules);
+    // Bound before attaching: a port in use is a start-up error.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(metrics::http::bind(addr, settings.metrics_allow_remote).await?),
+        None => None,
+    };
 
     let mut tracer = loader::load(&settings)?;
+    let kernel_stats = Arc::new(tracer.stats);
     // Before any other thread starts: threads inherit the reduced sets.
     crate::privileges::drop_unless_kept(settings.keep_capabilities)?;
     let sinks = sinks.into_iter().map(sink::Opened::start).collect();
@@ -63,13 +75,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let registry = std::sync::Arc::new(Registry::default());
     let writer = sink::spawn_stage(sinks, output_rx, control_rx, registry.clone())
         .context("start the output thread")?;
-    let detector = detect::spawn(
-        detect_rx,
-        detected_tx,
-        Detector::new(Engine::new(rules), settings.alerts_only),
-        reload_rx,
-    )
-    .context("start the detection thread")?;
+    let mut detector = Detector::new(Engine::new(rules), settings.alerts_only);
+    if metrics_listener.is_some() {
+        detector = detector.with_metrics(metrics.clone());
+    }
+    let detector = detect::spawn(detect_rx, detected_tx, detector, reload_rx)
+        .context("start the detection thread")?;
     let enricher = enrich::spawn(enrich_rx, enriched_tx).context("start the enrichment thread")?;
 
     let mut decoder = Decoder::new(WallClock::sample());
@@ -80,6 +91,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         tokio::time::interval_at(tokio::time::Instant::now() + stats_period, stats_period);
     let mut drain_tick = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    if let Some(listener) = metrics_listener {
+        let ring = RingFill::map(&tracer.ring, settings.ring_bytes)
+            .inspect_err(|e| {
+                eprintln!("link-trace: warning: metrics: cannot map the ring buffer's positions, no fill gauge: {e}")
+            })
+            .ok();
+        let stats = kernel_stats.clone();
+        let exporter = Exporter {
+            metrics: metrics.clone(),
+            kernel: Box::new(move || stats::read_kernel(&stats).map_err(|e| e.to_string())),
+            sinks: registry.clone(),
+            ring,
+        };
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("link-trace: serving metrics at http://{addr}/metrics");
+        }
+        metrics::http::spawn(listener, Arc::new(metrics::registry(exporter)));
+    }
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until
     // it is dropped, which only happens after `into_inner` below.
     let mut ring = unsafe { AsyncFd::register_with_interest(tracer.ring, Interest::READABLE) }
@@ -108,18 +137,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
             }
             _ = stats_tick.tick(), if settings.stats_interval > 0 => {
-                report_stats(&tracer.stats, &decoder, &tx).await;
+                report_stats(&kernel_stats, &decoder, &tx).await;
             }
             _ = tick.tick() => {
                 decoder.clock = WallClock::sample();
-                report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
+                report_losses(&kernel_stats, &mut losses, &decoder, &tx).await;
             }
             _ = sighup.recv() => {
                 // Everything captured so far goes ahead under the old rules.
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
                 let after_seq = decoder.events_decoded();
                 if let Some((new, count)) =
-                    reload(&cli, &settings, rules_in_force, after_seq, &reload_tx, &control_tx).await
+                    reload(&cli, &settings, rules_in_force, after_seq, &reload_tx, &control_tx, &metrics).await
                 {
                     settings = new;
                     rules_in_force = count;
@@ -129,13 +158,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             _ = sigterm.recv() => break,
             _ = tx.closed() => break,
         }
+        metrics.observe_capture(
+            decoder.events_decoded(),
+            decoder.decode_errors,
+            decoder.undelivered,
+        );
     }
 
     // Detach first so nothing new arrives, then take everything already captured.
     drop(tracer.programs.take());
     capture::drain(ring.get_mut(), &mut decoder, &tx).await;
-    report_losses(&tracer.stats, &mut losses, &decoder, &tx).await;
-    report_stats(&tracer.stats, &decoder, &tx).await;
+    metrics.observe_capture(
+        decoder.events_decoded(),
+        decoder.decode_errors,
+        decoder.undelivered,
+    );
+    report_losses(&kernel_stats, &mut losses, &decoder, &tx).await;
+    report_stats(&kernel_stats, &decoder, &tx).await;
     drop(ring.into_inner());
     drop(control_tx);
     drop(tx);
@@ -202,6 +241,7 @@ async fn reload(
     after_seq: u64,
     rules_tx: &std_mpsc::Sender<Reload>,
     control_tx: &mpsc::Sender<Control>,
+    metrics: &Metrics,
 ) -> Option<(Settings, usize)> {
     let prepared = Settings::resolve(cli)
         .map_err(anyhow::Error::from)
@@ -239,6 +279,7 @@ async fn reload(
         eprintln!("link-trace: warning: {warning}");
     }
     let count = rules.rules.len();
+    metrics.install_rules(&rules.rules);
     if rules_tx.send(Reload { after_seq, rules }).is_err() {
         eprintln!("link-trace: error: reload failed: the detection stage has stopped");
         return None;

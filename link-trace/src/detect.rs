@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     event::{Record, close_and_count_events},
+    metrics::{Metrics, StageMetrics},
     rules::{Engine, RuleSet},
 };
 
@@ -34,6 +35,8 @@ pub struct Detector {
     alerts_only: bool,
     alerts: Vec<crate::event::AlertRecord>,
     pub summary: DetectSummary,
+    /// Counts events and alerts for the metrics endpoint, when it is on.
+    metrics: Option<StageMetrics>,
 }
 
 impl Detector {
@@ -43,15 +46,34 @@ impl Detector {
             alerts_only,
             alerts: Vec::new(),
             summary: DetectSummary::default(),
+            metrics: None,
+        }
+    }
+
+    /// Counts every event and alert into `metrics` as well.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<Metrics>) -> Self {
+        self.metrics = Some(StageMetrics::new(metrics, self.engine.rules()));
+        self
+    }
+
+    /// Puts a new rule set in force (see `Engine::replace`).
+    pub fn replace_rules(&mut self, rules: RuleSet) {
+        self.engine.replace(rules);
+        if let Some(metrics) = &mut self.metrics {
+            metrics.rules_replaced(self.engine.rules());
         }
     }
 
     /// The records to emit for one input record, in order: the record
     /// itself (unless `--alerts-only` leaves it out), then its alerts.
     pub fn process(&mut self, record: Record, mut emit: impl FnMut(Record) -> bool) -> bool {
+        let undelivered_before = (self.summary.undelivered, self.summary.alerts_undelivered);
         if let Record::Event(event) = &record {
             self.summary.events += 1;
             self.engine.evaluate(event, &mut self.alerts);
+            if let Some(metrics) = &self.metrics {
+                metrics.event(event);
+            }
         }
         let is_event = record.is_event();
         let keep = !self.alerts_only || matches!(record, Record::Alert(_));
@@ -67,6 +89,9 @@ impl Detector {
         let alerts = self.alerts.len() as u64;
         self.summary.alerts += alerts;
         for alert in self.alerts.drain(..) {
+            if let Some(metrics) = &self.metrics {
+                metrics.alert(&alert);
+            }
             if delivered {
                 delivered = emit(Record::Alert(Box::new(alert)));
                 if !delivered {
@@ -77,6 +102,14 @@ impl Detector {
             }
         }
         self.summary.evictions = self.engine.evictions();
+        if let Some(metrics) = &self.metrics
+            && !delivered
+        {
+            metrics.undelivered(
+                self.summary.undelivered - undelivered_before.0,
+                self.summary.alerts_undelivered - undelivered_before.1,
+            );
+        }
         delivered
     }
 }
@@ -106,12 +139,16 @@ pub fn spawn(
                     while let Some(reload) =
                         pending.pop_front_if(|r: &mut Reload| event.seq > r.after_seq)
                     {
-                        detector.engine.replace(reload.rules);
+                        detector.replace_rules(reload.rules);
                     }
                 }
                 if !detector.process(record, |r| tx.blocking_send(r).is_ok()) {
                     // Output is gone: count everything still queued, then stop.
-                    detector.summary.undelivered += close_and_count_events(&mut rx);
+                    let queued = close_and_count_events(&mut rx);
+                    detector.summary.undelivered += queued;
+                    if let Some(metrics) = &detector.metrics {
+                        metrics.undelivered(queued, 0);
+                    }
                     break;
                 }
             }

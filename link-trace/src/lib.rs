@@ -3,7 +3,8 @@
 //! The daemon is a pipeline of small modules: `loader` (load and attach),
 //! `capture` (ring buffer to records), `event` (the JSON model), `output`
 //! (renderings), `sink` (the outputs, each behind its own queue), `config`
-//! (file and flags), `stats` (loss accounting), tied together by `daemon`.
+//! (file and flags), `stats` (loss accounting), `metrics` (the Prometheus
+//! endpoint), tied together by `daemon`.
 //! `rules` evaluates detection rules in the `detect` stage and in `replay`.
 
 pub mod btf;
@@ -20,6 +21,7 @@ pub mod event;
 pub mod formats;
 pub mod klog;
 pub mod loader;
+pub mod metrics;
 pub mod names;
 pub mod output;
 pub mod privileges;

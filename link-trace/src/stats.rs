@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// Kernel counters that mean an event was lost, with their reported reason.
-const KERNEL_LOSSES: [(Stat, LossReason); 5] = [
+pub const KERNEL_LOSSES: [(Stat, LossReason); 5] = [
     (Stat::RingFull, LossReason::RingFull),
     (Stat::InflightInsertFailed, LossReason::InflightInsertFailed),
     (Stat::ExitWithoutEnter, LossReason::ExitWithoutEnter),

@@ -29,6 +29,7 @@ fn config_text(pid: &str, rules: &Path, extra: &str) -> String {
     format!(
         r#"
 pid = [{pid}]
+comm = ["{CALLER}"]
 no_builtin_rules = true
 rules = ["{rules}"]
 rules_dir = "/nonexistent"
@@ -42,6 +43,20 @@ queue = 512
 "#,
         rules = s(rules)
     )
+}
+
+/// The thread that makes the first test's calls: with the pid, the
+/// tracer's filter, so other tests of this process do not count.
+const CALLER: &str = "lt-config-test";
+
+/// Runs `calls` on a thread named CALLER.
+fn as_caller(calls: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .name(CALLER.into())
+        .spawn(calls)
+        .expect("spawn the calling thread")
+        .join()
+        .expect("the calling thread");
 }
 
 const ALERTS_TOO: &str = r#"
@@ -79,15 +94,22 @@ fn a_config_file_sets_filters_and_several_outputs() {
     let config = dir.join("config.toml");
     std::fs::write(&config, config_text(&my_pid(), &rules, ALERTS_TOO)).unwrap();
     let tracer = Tracer::start(&["--config", s(&config)]);
-    linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join("plain"), 0).expect("linkat");
-    linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join("alert-1"), 0).expect("linkat");
-    // Another process's link is filtered out by the file's pid list.
-    let status = Command::new("ln")
-        .arg(&src)
-        .arg(dir.join("other-pid"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (plain, alert) = (dir.join("plain"), dir.join("alert-1"));
+    let source = src.clone();
+    as_caller(move || {
+        linkat(AT_FDCWD, &source, AT_FDCWD, &plain, 0).expect("linkat");
+        linkat(AT_FDCWD, &source, AT_FDCWD, &alert, 0).expect("linkat");
+        // Another process with the same comm (ln run by that name) is
+        // filtered out by the file's pid list.
+        let ln = source.with_file_name(CALLER);
+        std::os::unix::fs::symlink("/bin/ln", &ln).expect("symlink ln");
+        let status = Command::new(&ln)
+            .arg(&source)
+            .arg(source.with_file_name("other-pid"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    });
     let run = tracer.stop();
     run.assert_clean_exit();
     assert_eq!(events_named(&run.records, &dir, "plain").len(), 1);
@@ -145,7 +167,10 @@ fn sighup_applies_a_new_configuration_and_refuses_a_broken_one() {
     let pid = my_pid();
     std::fs::write(&config, config_text(&pid, &rules, "")).unwrap();
     let tracer = Tracer::start(&["--config", s(&config)]);
-    let link = |name: &str| linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join(name), 0).expect("linkat");
+    let link = |name: &str| {
+        let (src, new) = (src.clone(), dir.join(name));
+        as_caller(move || linkat(AT_FDCWD, &src, AT_FDCWD, &new, 0).expect("linkat"));
+    };
     let wait = |text: &str| {
         tracer
             .wait_for_stderr(text, Duration::from_secs(10))

@@ -7,6 +7,7 @@ mod context;
 mod doctor;
 mod formats;
 mod harness;
+mod metrics;
 mod privileges;
 mod rules;
 
