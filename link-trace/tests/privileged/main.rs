@@ -5,6 +5,7 @@
 mod context;
 mod harness;
 mod rules;
+mod sinks;
 
 use std::{
     os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
