@@ -427,12 +427,17 @@ impl OutputConfig {
             let (key, value) = option
                 .split_once('=')
                 .ok_or_else(|| format!("{option:?} is not KEY=VALUE"))?;
-            // Numbers and booleans as TOML reads them; anything else is a string.
-            let value = value
-                .parse::<i64>()
-                .map(toml::Value::from)
-                .or_else(|_| value.parse::<bool>().map(toml::Value::from))
-                .unwrap_or_else(|_| value.into());
+            // Numbers and booleans as TOML reads them; anything else is a
+            // string, and so is a mode, whose leading 0 means octal.
+            let value = if key == "mode" {
+                value.into()
+            } else {
+                value
+                    .parse::<i64>()
+                    .map(toml::Value::from)
+                    .or_else(|_| value.parse::<bool>().map(toml::Value::from))
+                    .unwrap_or_else(|_| value.into())
+            };
             table.insert(key.into(), value);
         }
         // Through TOML text, so the values carry the spans RawOutput wants.

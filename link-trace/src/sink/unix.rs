@@ -169,9 +169,14 @@ impl UnixSink {
         }
     }
 
-    /// Binds again when someone removed the socket file.
+    /// Binds again when someone removed the socket file (but not when a
+    /// newer output of ours took the path over).
     fn check_socket_file(&mut self) {
-        if !matches!(std::fs::symlink_metadata(&self.path), Err(e) if e.kind() == io::ErrorKind::NotFound)
+        let replaced = !BOUND
+            .lock()
+            .is_ok_and(|bound| bound.contains(&self.identity));
+        if replaced
+            || !matches!(std::fs::symlink_metadata(&self.path), Err(e) if e.kind() == io::ErrorKind::NotFound)
         {
             return;
         }
@@ -201,10 +206,12 @@ fn clear_stale(path: &Path) -> io::Result<()> {
             ),
         ));
     }
-    let ours = BOUND
-        .lock()
-        .is_ok_and(|bound| bound.contains(&(meta.dev(), meta.ino())));
-    if !ours {
+    let identity = (meta.dev(), meta.ino());
+    let ours = BOUND.lock().is_ok_and(|bound| bound.contains(&identity));
+    if ours {
+        // Taken over: the output that bound it must not bind it again.
+        unregister(identity);
+    } else {
         match UnixStream::connect(path) {
             Ok(_) => {
                 return Err(io::Error::new(

@@ -360,8 +360,17 @@ fn a_subscriber_that_stops_reading_is_dropped_and_counted_while_the_other_keeps_
         "--output",
         "stdout,queue=65536",
         "--output",
-        &format!("unix:{},subscriber_buffer=262144,queue=65536", s(&socket)),
+        &format!(
+            "unix:{},mode=0660,subscriber_buffer=262144,queue=65536",
+            s(&socket)
+        ),
     ]);
+    let meta = std::fs::symlink_metadata(&socket).expect("the socket file");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o660,
+        "mode from the flag"
+    );
     // Connected, never read until the tracer has stopped.
     let stalled = UnixStream::connect(&socket).unwrap();
     let reader = subscribe(&socket);

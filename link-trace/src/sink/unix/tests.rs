@@ -241,8 +241,15 @@ fn a_reopened_output_takes_over_its_own_socket_and_the_old_one_leaves_it() {
     // A reload that changes a socket output opens the new one first.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sock");
-    let old = UnixSink::open(&config(&path, 0o600, 1 << 20)).unwrap();
-    let new = UnixSink::open(&config(&path, 0o660, 1 << 20)).unwrap();
+    let mut old = UnixSink::open(&config(&path, 0o600, 1 << 20)).unwrap();
+    let mut new = UnixSink::open(&config(&path, 0o660, 1 << 20)).unwrap();
+    // Even finding no file there, the old output does not take the path back.
+    std::fs::remove_file(&path).unwrap();
+    old.idle();
+    assert!(!path.exists(), "the old output bound the path again");
+    new.idle();
+    let meta = std::fs::symlink_metadata(&path).expect("the new output bound it again");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     drop(old);
     assert!(path.exists(), "the old output left the new socket alone");
     UnixStream::connect(&path).expect("the new listener answers");
