@@ -158,6 +158,8 @@ pub struct UnixOutput {
     pub alerts_only: bool,
     /// Socket file permissions.
     pub mode: u32,
+    /// Bytes a subscriber may fall behind before it is disconnected.
+    pub subscriber_buffer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +200,7 @@ struct RawOutput {
     keep: Option<Spanned<i64>>,
     fsync: Option<Spanned<FsyncPolicy>>,
     mode: Option<Spanned<String>>,
+    subscriber_buffer: Option<Spanned<i64>>,
     transport: Option<Spanned<SyslogTransport>>,
     address: Option<Spanned<String>>,
     facility: Option<Spanned<String>>,
@@ -219,7 +222,7 @@ impl RawOutput {
         let takes: &[&str] = match kind {
             OutputType::Stdout => &[],
             OutputType::File => &["path", "max_bytes", "keep", "fsync"],
-            OutputType::Unix => &["path", "mode"],
+            OutputType::Unix => &["path", "mode", "subscriber_buffer"],
             OutputType::Syslog => &["transport", "address", "facility", "app_name"],
         };
         for (name, span) in [
@@ -228,6 +231,10 @@ impl RawOutput {
             ("keep", self.keep.as_ref().map(Spanned::span)),
             ("fsync", self.fsync.as_ref().map(Spanned::span)),
             ("mode", self.mode.as_ref().map(Spanned::span)),
+            (
+                "subscriber_buffer",
+                self.subscriber_buffer.as_ref().map(Spanned::span),
+            ),
             ("transport", self.transport.as_ref().map(Spanned::span)),
             ("address", self.address.as_ref().map(Spanned::span)),
             ("facility", self.facility.as_ref().map(Spanned::span)),
@@ -298,6 +305,16 @@ impl RawOutput {
                         .filter(|mode| *mode <= 0o777)
                         .ok_or((m.span(), "mode is an octal string such as \"0600\"".into()))?,
                 },
+                subscriber_buffer: match &self.subscriber_buffer {
+                    None => default_subscriber_buffer(),
+                    Some(b) => usize::try_from(*b.get_ref())
+                        .ok()
+                        .filter(|b| (MIN_SUBSCRIBER_BUFFER..=1 << 30).contains(b))
+                        .ok_or((
+                            b.span(),
+                            "subscriber_buffer must be between 262144 and 1073741824 bytes".into(),
+                        ))?,
+                },
             }),
             OutputType::Syslog => {
                 let transport = value(&self.transport).unwrap_or_default();
@@ -333,6 +350,12 @@ fn default_keep() -> usize {
 }
 fn default_socket_mode() -> u32 {
     0o600
+}
+/// A subscriber must be able to hold a whole batch (64 KiB plus the record
+/// that crossed that mark) with room to spare.
+const MIN_SUBSCRIBER_BUFFER: usize = 256 * 1024;
+fn default_subscriber_buffer() -> usize {
+    1024 * 1024
 }
 fn default_facility() -> String {
     "authpriv".into()
@@ -412,12 +435,17 @@ impl OutputConfig {
             let (key, value) = option
                 .split_once('=')
                 .ok_or_else(|| format!("{option:?} is not KEY=VALUE"))?;
-            // Numbers and booleans as TOML reads them; anything else is a string.
-            let value = value
-                .parse::<i64>()
-                .map(toml::Value::from)
-                .or_else(|_| value.parse::<bool>().map(toml::Value::from))
-                .unwrap_or_else(|_| value.into());
+            // Numbers and booleans as TOML reads them; anything else is a
+            // string, and so is a mode, whose leading 0 means octal.
+            let value = if key == "mode" {
+                value.into()
+            } else {
+                value
+                    .parse::<i64>()
+                    .map(toml::Value::from)
+                    .or_else(|_| value.parse::<bool>().map(toml::Value::from))
+                    .unwrap_or_else(|_| value.into())
+            };
             table.insert(key.into(), value);
         }
         // Through TOML text, so the values carry the spans RawOutput wants.
@@ -690,7 +718,9 @@ alerts_only = true
         assert!(
             matches!(&outputs[1], OutputConfig::File(f) if f.keep == 3 && f.fsync == FsyncPolicy::Batch)
         );
-        assert!(matches!(&outputs[2], OutputConfig::Unix(u) if u.mode == 0o600));
+        assert!(
+            matches!(&outputs[2], OutputConfig::Unix(u) if u.mode == 0o600 && u.subscriber_buffer == 1 << 20)
+        );
         assert!(outputs[3].common().alerts_only);
         assert_eq!(config.ring_bytes, Some(65536));
         assert_eq!(&config.comm.unwrap()[0][..3], b"ln\0");
@@ -741,6 +771,14 @@ alerts_only = true
         assert!(OutputConfig::parse_flag("stdout:x").is_err());
         assert!(OutputConfig::parse_flag("file:/x,colour=red").is_err());
         assert!(OutputConfig::parse_flag("pigeon:/x").is_err());
+        let out = OutputConfig::parse_flag("unix:/run/x.sock,mode=0660,subscriber_buffer=262144")
+            .unwrap();
+        assert!(matches!(&out, OutputConfig::Unix(u)
+            if u.mode == 0o660 && u.subscriber_buffer == 262144));
+        let e = OutputConfig::parse_flag("unix:/run/x.sock,subscriber_buffer=1000").unwrap_err();
+        assert!(e.contains("subscriber_buffer must be"), "{e}");
+        let e = OutputConfig::parse_flag("file:/x,subscriber_buffer=262144").unwrap_err();
+        assert!(e.contains("not an option of a File output"), "{e}");
     }
 
     #[test]

@@ -207,6 +207,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .map(|e| format!("; last error: {e}"))
                 .unwrap_or_default(),
         );
+        if let Some(subscribers) = &report.subscribers {
+            eprintln!(
+                "link-trace: output {}: {} subscribers served, {} dropped for falling behind, {} events missed by subscribers, {} events delivered with no subscriber",
+                report.name,
+                subscribers.accepted,
+                subscribers.dropped_slow,
+                subscribers.missed_events,
+                subscribers.events_without_subscriber,
+            );
+        }
     }
     eprintln!(
         "link-trace: rules: {} alerts raised, {} undelivered; {} records left out by --alerts-only; {} window evictions",

@@ -6,7 +6,9 @@
 //! Records are shared between sinks as `Arc<Record>`, so five sinks cost one
 //! copy of an event, and the queues hold pointers, not rendered bytes.
 
+pub mod file;
 pub mod stdout;
+pub mod unix;
 
 use std::{
     io,
@@ -111,6 +113,10 @@ pub trait Transport: Send {
     fn finish(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+    /// A socket output's subscriber counters, reported with the sink's.
+    fn subscriber_counters(&self) -> Option<Arc<unix::SubscriberCounters>> {
+        None
+    }
 }
 
 /// Renders one record in an output format, newline included.
@@ -146,6 +152,8 @@ pub struct SinkCounters {
     pub closed: AtomicBool,
     /// The last failure, for the exit summary.
     pub last_error: Mutex<Option<String>>,
+    /// A socket output's subscribers.
+    pub subscribers: Option<Arc<unix::SubscriberCounters>>,
 }
 
 /// Records and, among them, events.
@@ -175,6 +183,9 @@ pub struct SinkReport {
     pub dropped_failed_records: u64,
     pub dropped_failed_events: u64,
     pub closed: bool,
+    /// Socket outputs only: their subscribers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<unix::SubscriberReport>,
 }
 
 impl SinkCounters {
@@ -190,6 +201,7 @@ impl SinkCounters {
             dropped_failed_records: self.dropped_failed.records.load(Relaxed),
             dropped_failed_events: self.dropped_failed.events.load(Relaxed),
             closed: self.closed.load(Relaxed),
+            subscribers: self.subscribers.as_ref().map(|s| s.report()),
         }
     }
 
@@ -270,6 +282,18 @@ impl Opened {
 pub fn open(config: &OutputConfig) -> Result<Opened, OpenError> {
     let transport: Box<dyn Transport> = match config {
         OutputConfig::Stdout(_) => Box::new(stdout::Stdout::new()),
+        OutputConfig::File(file) => {
+            Box::new(file::FileSink::open(file).map_err(|error| OpenError {
+                name: config.name(),
+                error,
+            })?)
+        }
+        OutputConfig::Unix(unix) => {
+            Box::new(unix::UnixSink::open(unix).map_err(|error| OpenError {
+                name: config.name(),
+                error,
+            })?)
+        }
         other => {
             return Err(OpenError {
                 name: other.name(),
@@ -299,6 +323,7 @@ pub fn start(config: OutputConfig, transport: Box<dyn Transport>) -> Sink {
     let counters = Arc::new(SinkCounters {
         name: config.name(),
         queue_capacity: common.queue as u64,
+        subscribers: transport.subscriber_counters(),
         ..Default::default()
     });
     let (queue, rx) = std_mpsc::sync_channel(common.queue);
@@ -461,7 +486,12 @@ async fn fan_out(
                 Some(Control::Replace { keep, new }) => {
                     let (kept, gone): (Vec<Sink>, Vec<Sink>) =
                         sinks.into_iter().partition(|s| keep.contains(&s.config));
-                    retired.extend(gone);
+                    // Closing a retired sink's queue lets it drain and stop
+                    // now (a removed socket stops listening), not at exit.
+                    retired.extend(gone.into_iter().map(|sink| {
+                        drop(sink.queue);
+                        (sink.counters, sink.thread)
+                    }));
                     sinks = kept;
                     sinks.extend(new);
                     registry.set_current(&sinks.iter().map(|s| s.counters.clone()).collect::<Vec<_>>());
@@ -482,13 +512,15 @@ async fn fan_out(
         }
     }
     // Sinks drain their queues once their senders are gone.
-    sinks.extend(retired);
     let mut summary = OutputSummary::default();
-    for sink in sinks {
+    let stopping = sinks.into_iter().map(|sink| {
         drop(sink.queue);
-        let _ = sink.thread.join();
-        let error = sink.counters.last_error.lock().ok().and_then(|e| e.clone());
-        summary.sinks.push((sink.counters.report(), error));
+        (sink.counters, sink.thread)
+    });
+    for (counters, thread) in stopping.collect::<Vec<_>>().into_iter().chain(retired) {
+        let _ = thread.join();
+        let error = counters.last_error.lock().ok().and_then(|e| e.clone());
+        summary.sinks.push((counters.report(), error));
     }
     summary
 }

@@ -16,6 +16,7 @@ struct Memory {
     failing: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
     gate: Arc<Mutex<()>>,
+    finished: Arc<AtomicBool>,
 }
 
 impl Transport for Memory {
@@ -40,6 +41,11 @@ impl Transport for Memory {
         for line in batch.records() {
             lines.push(String::from_utf8_lossy(line).into_owned());
         }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), SinkError> {
+        self.finished.store(true, SeqCst);
         Ok(())
     }
 }
@@ -250,9 +256,20 @@ fn a_replace_keeps_unchanged_sinks_and_retires_the_rest() {
         assert!(std::time::Instant::now() < deadline, "replace not applied");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The retired sink stops while the stage runs on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !retired.finished.load(SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retired sink did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!kept.finished.load(SeqCst));
     tx.blocking_send(event()).unwrap();
     drop(tx);
     let summary = stage.join().unwrap();
+    assert!(kept.finished.load(SeqCst) && added.finished.load(SeqCst));
     assert_eq!(kept.lines.lock().unwrap().len(), 2);
     assert_eq!(
         retired.lines.lock().unwrap().len(),

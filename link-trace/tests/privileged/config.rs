@@ -25,11 +25,11 @@ condition = { field = "newpath_name", glob = "alert-*" }
 
 /// Two stdout outputs, one of them alerts only: every event once, every
 /// alert twice, and each output's counts in the final stats record.
-fn config_text(pid: &str, rules: &Path, extra: &str) -> String {
+fn config_text(pid: &str, comm: &str, rules: &Path, extra: &str) -> String {
     format!(
         r#"
 pid = [{pid}]
-comm = ["{CALLER}"]
+comm = ["{comm}"]
 no_builtin_rules = true
 rules = ["{rules}"]
 rules_dir = "/nonexistent"
@@ -45,14 +45,15 @@ queue = 512
     )
 }
 
-/// The thread that makes the first test's calls: with the pid, the
-/// tracer's filter, so other tests of this process do not count.
+/// The threads that make each test's calls: with the pid, the tracer's
+/// filter, so other tests of this process do not count.
 const CALLER: &str = "lt-config-test";
+const HUP_CALLER: &str = "lt-config-hup";
 
-/// Runs `calls` on a thread named CALLER.
-fn as_caller(calls: impl FnOnce() + Send + 'static) {
+/// Runs `calls` on a thread named `comm`.
+fn as_caller(comm: &str, calls: impl FnOnce() + Send + 'static) {
     std::thread::Builder::new()
-        .name(CALLER.into())
+        .name(comm.into())
         .spawn(calls)
         .expect("spawn the calling thread")
         .join()
@@ -92,11 +93,11 @@ fn a_config_file_sets_filters_and_several_outputs() {
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, RULE).unwrap();
     let config = dir.join("config.toml");
-    std::fs::write(&config, config_text(&my_pid(), &rules, ALERTS_TOO)).unwrap();
+    std::fs::write(&config, config_text(&my_pid(), CALLER, &rules, ALERTS_TOO)).unwrap();
     let tracer = Tracer::start(&["--config", s(&config)]);
     let (plain, alert) = (dir.join("plain"), dir.join("alert-1"));
     let source = src.clone();
-    as_caller(move || {
+    as_caller(CALLER, move || {
         linkat(AT_FDCWD, &source, AT_FDCWD, &plain, 0).expect("linkat");
         linkat(AT_FDCWD, &source, AT_FDCWD, &alert, 0).expect("linkat");
         // Another process with the same comm (ln run by that name) is
@@ -165,11 +166,13 @@ fn sighup_applies_a_new_configuration_and_refuses_a_broken_one() {
     std::fs::write(&rules, RULE).unwrap();
     let config = dir.join("config.toml");
     let pid = my_pid();
-    std::fs::write(&config, config_text(&pid, &rules, "")).unwrap();
+    std::fs::write(&config, config_text(&pid, HUP_CALLER, &rules, "")).unwrap();
     let tracer = Tracer::start(&["--config", s(&config)]);
     let link = |name: &str| {
         let (src, new) = (src.clone(), dir.join(name));
-        as_caller(move || linkat(AT_FDCWD, &src, AT_FDCWD, &new, 0).expect("linkat"));
+        as_caller(HUP_CALLER, move || {
+            linkat(AT_FDCWD, &src, AT_FDCWD, &new, 0).expect("linkat")
+        });
     };
     let wait = |text: &str| {
         tracer
@@ -180,7 +183,7 @@ fn sighup_applies_a_new_configuration_and_refuses_a_broken_one() {
     // Add an alerts-only output; a changed pid list needs a restart.
     std::fs::write(
         &config,
-        config_text(&pid, &rules, ALERTS_TOO)
+        config_text(&pid, HUP_CALLER, &rules, ALERTS_TOO)
             .replace(&format!("pid = [{pid}]"), &format!("pid = [{pid}, 1]")),
     )
     .unwrap();
@@ -192,7 +195,7 @@ fn sighup_applies_a_new_configuration_and_refuses_a_broken_one() {
     // A broken file: nothing changes, the error names the line.
     std::fs::write(
         &config,
-        config_text(&pid, &rules, ALERTS_TOO) + "\nbogus_key = 1\n",
+        config_text(&pid, HUP_CALLER, &rules, ALERTS_TOO) + "\nbogus_key = 1\n",
     )
     .unwrap();
     tracer.signal(libc::SIGHUP);

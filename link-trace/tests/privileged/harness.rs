@@ -52,6 +52,22 @@ pub fn schema() -> &'static jsonschema::Validator {
     })
 }
 
+/// One output line as a record; panics unless it is one JSON object that
+/// matches the JSON Schema.
+pub fn record_from_line(line: &str) -> Value {
+    let value: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
+    let errors: Vec<String> = schema()
+        .iter_errors(&value)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "record violates the JSON Schema: {errors:?}\n{line}"
+    );
+    value
+}
+
 pub struct Tracer {
     child: Child,
     stdout: JoinHandle<Vec<String>>,
@@ -152,22 +168,7 @@ impl Tracer {
             !stderr.iter().any(|l| l.contains("panicked")),
             "link-trace panicked: {stderr:?}"
         );
-        let records = lines
-            .iter()
-            .map(|line| {
-                let value: Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"));
-                let errors: Vec<String> = schema()
-                    .iter_errors(&value)
-                    .map(|e| format!("{e} at {}", e.instance_path))
-                    .collect();
-                assert!(
-                    errors.is_empty(),
-                    "record violates the JSON Schema: {errors:?}\n{line}"
-                );
-                value
-            })
-            .collect();
+        let records = lines.iter().map(|line| record_from_line(line)).collect();
         Run {
             exit_code: status.code(),
             records,

@@ -10,6 +10,7 @@ mod harness;
 mod metrics;
 mod privileges;
 mod rules;
+mod sinks;
 
 use std::{
     os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
