@@ -417,10 +417,7 @@ impl Tracer {
         if status.code() != Some(0) {
             bail!("link-trace exited with {status} after SIGTERM; stderr: {lines:?}");
         }
-        lines
-            .iter()
-            .find(|line| line.contains(SUMMARY_MARK))
-            .and_then(|line| parse_summary(line))
+        parse_summary(&lines)
             .with_context(|| format!("no summary line from link-trace; stderr: {lines:?}"))
     }
 
@@ -442,22 +439,32 @@ impl Drop for Tracer {
     }
 }
 
-/// `link-trace: N events captured, N written, N lost in the kernel or decoder, N undelivered`
-fn parse_summary(line: &str) -> Option<Summary> {
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|word| !word.is_empty())
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let [captured, written, lost, undelivered] = numbers[..] else {
+/// The exit summary: `link-trace: N events captured, N lost in the kernel
+/// or decoder, N not handed to the outputs` and, for the stdout output,
+/// `link-trace: output stdout: N events delivered, N dropped (queue full),
+/// N dropped (output failed)…`. Undelivered: not handed on plus dropped.
+fn parse_summary(lines: &[String]) -> Option<Summary> {
+    let numbers = |line: &str| -> Vec<u64> {
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter(|word| !word.is_empty())
+            .filter_map(|word| word.parse().ok())
+            .collect()
+    };
+    let totals = lines.iter().find(|line| line.contains(SUMMARY_MARK))?;
+    let [captured, lost, not_handed] = numbers(totals)[..] else {
+        return None;
+    };
+    let output = lines
+        .iter()
+        .find(|line| line.starts_with("link-trace: output stdout:"))?;
+    let [delivered, dropped_full, dropped_failed, ..] = numbers(output)[..] else {
         return None;
     };
     Some(Summary {
         captured,
-        written,
+        written: delivered,
         lost,
-        undelivered,
+        undelivered: not_handed + dropped_full + dropped_failed,
     })
 }
 
@@ -994,13 +1001,17 @@ mod tests {
 
     #[test]
     fn parses_the_summary_line() {
-        let line = "link-trace: 12 events captured, 11 written, 3 lost in the kernel or decoder, 1 undelivered";
-        let s = parse_summary(line).unwrap();
+        let lines = [
+            "link-trace: tracing".to_string(),
+            "link-trace: 12 events captured, 3 lost in the kernel or decoder, 1 not handed to the outputs".into(),
+            "link-trace: output stdout: 9 events delivered, 2 dropped (queue full), 0 dropped (output failed)".into(),
+        ];
+        let s = parse_summary(&lines).unwrap();
         assert_eq!(
             (s.captured, s.written, s.lost, s.undelivered),
-            (12, 11, 3, 1)
+            (12, 9, 3, 3)
         );
-        assert!(parse_summary("link-trace: tracing").is_none());
+        assert!(parse_summary(&lines[..2]).is_none());
     }
 
     #[test]
