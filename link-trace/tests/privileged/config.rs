@@ -255,6 +255,25 @@ fn config_check_names_the_line_and_loads_nothing() {
         stdout.contains("stats_interval 5 s") && stdout.contains("output stdout: format text"),
         "{stdout}"
     );
+    // The service's starting point checks clean.
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml");
+    let out = Command::new(binary())
+        .args(["config", "check"])
+        .arg(&packaged)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("output file:/var/log/link-trace/events.jsonl: format json")
+            && stdout.contains("output syslog+unix:/dev/log: format json, queue 4096, alerts only"),
+        "{stdout}"
+    );
     // The tracer refuses to start on a broken file, before attaching.
     let (code, _, stderr) = run("ring_bytes = 1000\n", &["--config"]);
     assert_eq!(code, Some(1), "{stderr}");
