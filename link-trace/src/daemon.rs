@@ -16,10 +16,10 @@ use crate::{
     clock::WallClock,
     detect::{self, Detector, Reload},
     enrich,
-    event::Record,
+    event::{Record, RecordKind},
     loader,
     output::{self, Format},
-    rules::{Engine, Sources},
+    rules::{Engine, RuleSet, Sources, SyscallSet},
     stats::{self, LossTracker},
 };
 
@@ -42,6 +42,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let warnings = rules.warnings.clone();
 
     let mut tracer = loader::load(&cli)?;
+    let context_message = attach_context(
+        &mut tracer.context,
+        tracer.programs.as_mut(),
+        &rules,
+        cli.context_events,
+    )?;
     let format = if cli.json { Format::Json } else { Format::Text };
     // capture → enrich → detect → output, each joined by a bounded queue.
     let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
@@ -52,7 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let detector = detect::spawn(
         detect_rx,
         detected_tx,
-        Detector::new(Engine::new(rules), cli.alerts_only),
+        Detector::new(Engine::new(rules), cli.alerts_only).print_context(cli.context_events),
         reload_rx,
     )
     .context("start the detection thread")?;
@@ -70,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     // it is dropped, which only happens after `into_inner` below.
     let mut ring = unsafe { AsyncFd::register_with_interest(tracer.ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("poll the ring buffer: {e}"))?;
+    eprintln!("{context_message}");
     eprintln!(
         "link-trace: tracing link and linkat (syscalls:sys_enter/exit_link, _linkat); Ctrl-C to stop"
     );
@@ -102,9 +109,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             _ = sighup.recv() => {
                 // Everything captured so far goes ahead under the old rules.
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
-                let after_seq = decoder.events_decoded();
-                if let Some(count) = reload(&sources, rules_in_force, after_seq, &reload_tx) {
-                    rules_in_force = count;
+                let after = (decoder.events_decoded(), decoder.context_decoded());
+                if let Some(set) = reload_rules(&sources, rules_in_force) {
+                    // What the new rules need is captured before they apply.
+                    let programs = tracer.programs.as_mut();
+                    match attach_context(&mut tracer.context, programs, &set, cli.context_events) {
+                        Ok(message) => eprintln!("{message}"),
+                        Err(e) => eprintln!(
+                            "link-trace: error: cannot capture what the reloaded rules need: {}",
+                            crate::error_chain(&e)
+                        ),
+                    }
+                    if let Some(count) = send_reload(set, after, &reload_tx) {
+                        rules_in_force = count;
+                    }
                 }
             }
             _ = sigint.recv() => break,
@@ -132,7 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         .map_err(|_| anyhow::anyhow!("the detection thread panicked"))?;
     let undelivered = summary.events_undelivered
         + decoder.undelivered
-        + enrich_undelivered
+        + enrich_undelivered.events
         + detected.undelivered;
     eprintln!(
         "link-trace: {} events captured, {} written, {} lost in the kernel or decoder, {} undelivered",
@@ -141,6 +159,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         losses.total_lost(),
         undelivered,
     );
+    if !tracer.context.attached.is_empty() {
+        let context_undelivered = summary.context_undelivered
+            + decoder.context_undelivered
+            + enrich_undelivered.context
+            + detected.context_undelivered;
+        eprintln!(
+            "link-trace: context records ({}): {} captured, {} written, {} lost in the kernel, {} undelivered",
+            tracer.context.attached.names(),
+            decoder.context_decoded(),
+            summary.context_written,
+            losses.kernel_lost(RecordKind::Context),
+            context_undelivered,
+        );
+    }
     eprintln!(
         "link-trace: rules: {} alerts raised, {} undelivered; {} records left out by --alerts-only; {} window evictions",
         detected.alerts, detected.alerts_undelivered, detected.suppressed, detected.evictions,
@@ -152,32 +184,56 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Loads the rule files again and hands the new set to the detection stage;
-/// a broken file keeps the rules in force. Returns the new rule count.
-fn reload(
-    sources: &Sources,
-    in_force: usize,
-    after_seq: u64,
-    tx: &std_mpsc::Sender<Reload>,
-) -> Option<usize> {
+/// Captures the context syscalls (unlink, rename) the rules in force see,
+/// or all of them with --context-events; returns the line that says what is
+/// captured and why.
+fn attach_context(
+    probes: &mut loader::ContextProbes,
+    programs: Option<&mut aya::Ebpf>,
+    rules: &RuleSet,
+    print: bool,
+) -> Result<String, loader::LoadError> {
+    let by_rules = rules.context_syscalls();
+    let wanted = if print { SyscallSet::CONTEXT } else { by_rules };
+    probes.attach(programs, wanted)?;
+    let missing = wanted.intersection(probes.unavailable);
+    if !missing.is_empty() {
+        eprintln!(
+            "link-trace: warning: this kernel has no tracepoints for {}: not captured",
+            missing.names()
+        );
+    }
+    let captured = probes.attached;
+    if captured.is_empty() {
+        return Ok(
+            "link-trace: unlink and rename calls are not captured: no rule in force needs them (--context-events captures and prints them)".into(),
+        );
+    }
+    let for_rules = rules.rules_seeing(captured);
+    let why = if for_rules.is_empty() {
+        "for --context-events".to_owned()
+    } else {
+        format!("as context for the rules {}", for_rules.join(", "))
+    };
+    let shown = if print {
+        "printed as kind \"context\" (--context-events)"
+    } else {
+        "not printed (--context-events prints them)"
+    };
+    Ok(format!(
+        "link-trace: capturing {} {why}; {shown}",
+        captured.names()
+    ))
+}
+
+/// Loads the rule files again; a broken file keeps the rules in force.
+fn reload_rules(sources: &Sources, in_force: usize) -> Option<RuleSet> {
     match sources.load() {
         Ok(set) => {
             for warning in &set.warnings {
                 eprintln!("link-trace: warning: {warning}");
             }
-            let count = set.rules.len();
-            if tx
-                .send(Reload {
-                    after_seq,
-                    rules: set,
-                })
-                .is_err()
-            {
-                eprintln!("link-trace: error: rule reload failed: the detection stage has stopped");
-                return None;
-            }
-            eprintln!("link-trace: reloaded rules: {count} in force");
-            Some(count)
+            Some(set)
         }
         Err(e) => {
             eprintln!(
@@ -189,6 +245,29 @@ fn reload(
     }
 }
 
+/// Hands a reloaded rule set to the detection stage, to apply after the
+/// (events, context records) already decoded. Returns the new rule count.
+fn send_reload(
+    set: RuleSet,
+    (after_seq, after_context_seq): (u64, u64),
+    tx: &std_mpsc::Sender<Reload>,
+) -> Option<usize> {
+    let count = set.rules.len();
+    if tx
+        .send(Reload {
+            after_seq,
+            after_context_seq,
+            rules: set,
+        })
+        .is_err()
+    {
+        eprintln!("link-trace: error: rule reload failed: the detection stage has stopped");
+        return None;
+    }
+    eprintln!("link-trace: reloaded rules: {count} in force");
+    Some(count)
+}
+
 async fn report_stats(
     stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     decoder: &Decoder,
@@ -198,7 +277,7 @@ async fn report_stats(
         Ok(kernel) => {
             let record = stats::stats_record(
                 &kernel,
-                decoder.events_decoded(),
+                decoder.decoded(),
                 decoder.decode_errors,
                 &decoder.clock,
             );

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use tokio::sync::mpsc;
 
-use crate::event::{AlertRecord, LinkEvent, Record, close_and_count_events};
+use crate::event::{AlertRecord, LinkEvent, Record, RecordKind, close_and_count};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -19,6 +19,9 @@ pub struct OutputSummary {
     pub events_written: u64,
     /// Events received but not written because the sink failed.
     pub events_undelivered: u64,
+    /// The same for context records (printed with --context-events).
+    pub context_written: u64,
+    pub context_undelivered: u64,
     pub error: Option<io::Error>,
 }
 
@@ -70,8 +73,11 @@ fn write_all(
     }
     if summary.error.is_some() {
         summary.events_undelivered += batch.events;
+        summary.context_undelivered += batch.context;
         // Stop taking records and count what is still queued.
-        summary.events_undelivered += close_and_count_events(&mut rx);
+        let queued = close_and_count(&mut rx);
+        summary.events_undelivered += queued.events;
+        summary.context_undelivered += queued.context;
     }
     summary
 }
@@ -82,12 +88,14 @@ const BATCH_BYTES: usize = 64 * 1024;
 struct Batch {
     bytes: Vec<u8>,
     events: u64,
+    context: u64,
 }
 
 impl Batch {
     fn push(&mut self, format: Format, record: &Record) {
         render(format, record, &mut self.bytes);
         self.events += u64::from(record.is_event());
+        self.context += u64::from(record.is_context());
     }
 
     /// On success the batch's events count as written; on failure they stay
@@ -99,8 +107,10 @@ impl Batch {
         sink.write_all(&self.bytes)?;
         sink.flush()?;
         summary.events_written += self.events;
+        summary.context_written += self.context;
         self.bytes.clear();
         self.events = 0;
+        self.context = 0;
         Ok(())
     }
 }
@@ -113,6 +123,7 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
         }
         Format::Text => match record {
             Record::Event(event) => text_event(event, line),
+            Record::Context(context) => text_context(&context.0, line),
             Record::Stats(stats) => {
                 let lost: u64 = stats.losses.iter().map(|l| l.total).sum();
                 let _ = write!(
@@ -122,9 +133,13 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
                 );
             }
             Record::Loss(loss) => {
+                let what = match loss.record_kind {
+                    RecordKind::Event => "event(s)",
+                    RecordKind::Context => "context record(s)",
+                };
                 let _ = write!(
                     line,
-                    "{} LOST {} event(s): {:?} (total {})",
+                    "{} LOST {} {what}: {:?} (total {})",
                     loss.time, loss.count, loss.reason, loss.total
                 );
             }
@@ -135,26 +150,46 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
 }
 
 fn text_event(e: &LinkEvent, line: &mut Vec<u8>) {
+    let _ = write!(line, "{} #{} ", e.time, e.seq);
+    text_call(e, line);
+}
+
+/// `TIME ctx#SEQ unlinkat … path=AT_FDCWD:"x" = 0`: context records are
+/// numbered apart from events, hence the prefix.
+fn text_context(e: &LinkEvent, line: &mut Vec<u8>) {
+    let _ = write!(line, "{} ctx#{} ", e.time, e.seq);
+    text_call(e, line);
+}
+
+fn text_call(e: &LinkEvent, line: &mut Vec<u8>) {
     let _ = write!(
         line,
-        "{} #{} {} pid={} tid={} uid={} gid={} comm=",
-        e.time, e.seq, e.syscall, e.pid, e.tid, e.uid, e.gid
+        "{} pid={} tid={} uid={} gid={} comm=",
+        e.syscall, e.pid, e.tid, e.uid, e.gid
     );
     escaped(e.comm.as_bytes(), line);
-    let _ = write!(line, " old={}:", crate::names::dirfd_label(e.olddirfd));
+    // unlink's one path is the name it removes: "path=", not "old=".
+    let old_label = if e.has_newpath() { "old" } else { "path" };
+    let _ = write!(
+        line,
+        " {old_label}={}:",
+        crate::names::dirfd_label(e.olddirfd)
+    );
     path_text(
         &e.oldpath.bytes,
         e.oldpath.truncated,
         e.oldpath.error.as_deref(),
         line,
     );
-    let _ = write!(line, " new={}:", crate::names::dirfd_label(e.newdirfd));
-    path_text(
-        &e.newpath.bytes,
-        e.newpath.truncated,
-        e.newpath.error.as_deref(),
-        line,
-    );
+    if e.has_newpath() {
+        let _ = write!(line, " new={}:", crate::names::dirfd_label(e.newdirfd));
+        path_text(
+            &e.newpath.bytes,
+            e.newpath.truncated,
+            e.newpath.error.as_deref(),
+            line,
+        );
+    }
     if e.flags != 0 {
         let _ = write!(line, " flags={}", e.flag_names.join("|"));
     }
@@ -167,7 +202,12 @@ fn text_event(e: &LinkEvent, line: &mut Vec<u8>) {
 }
 
 fn text_alert(a: &AlertRecord, line: &mut Vec<u8>) {
-    let seqs: Vec<String> = a.event_seqs.iter().map(|s| format!("#{s}")).collect();
+    let seqs: Vec<String> = a
+        .event_seqs
+        .iter()
+        .map(|s| format!("#{s}"))
+        .chain(a.context_seqs.iter().map(|s| format!("ctx#{s}")))
+        .collect();
     let _ = write!(
         line,
         "{} ALERT {} [{}] {} mitre={} events={} pid={} uid={} comm=",
@@ -279,6 +319,8 @@ mod tests {
             tags: vec![],
             message: "linked /a -> /b\nc".into(),
             event_seqs: vec![4, 9],
+            context_seqs: vec![2],
+            syscall: "linkat",
             pid: 7,
             uid: 1000,
             comm: "ln".into(),
@@ -289,7 +331,7 @@ mod tests {
         render(Format::Text, &Record::Alert(Box::new(alert)), &mut line);
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "2026-01-01T00:00:00.000000000Z ALERT HIGH [setuid-link] Setuid file linked mitre=T1548.001 events=#4,#9 pid=7 uid=1000 comm=\"ln\": linked /a -> /b\\nc\n"
+            "2026-01-01T00:00:00.000000000Z ALERT HIGH [setuid-link] Setuid file linked mitre=T1548.001 events=#4,#9,ctx#2 pid=7 uid=1000 comm=\"ln\": linked /a -> /b\\nc\n"
         );
     }
 

@@ -3,6 +3,7 @@
 //! (or its child's uid or comm) and uses paths no other test touches.
 
 mod context;
+mod context_syscalls;
 mod harness;
 mod rules;
 
