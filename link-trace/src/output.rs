@@ -336,6 +336,31 @@ mod tests {
     }
 
     #[test]
+    fn context_records_read_as_their_syscall_with_their_own_numbering() {
+        let mut unlink = crate::event::sample_event(Some(b"x\n"), None, -1);
+        unlink.syscall = "unlinkat";
+        unlink.flags = 0x200;
+        unlink.flag_names = vec!["AT_REMOVEDIR".into()];
+        let mut line = Vec::new();
+        let record = Record::Context(Box::new(crate::event::ContextEvent(unlink)));
+        render(Format::Text, &record, &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.ends_with(
+                " ctx#3 unlinkat pid=7 tid=8 uid=1000 gid=100 comm=\"ln\" path=AT_FDCWD:\"x\\n\" flags=AT_REMOVEDIR = -1 EPERM\n"
+            ),
+            "{line}"
+        );
+        let mut json = Vec::new();
+        render(Format::Json, &record, &mut json);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (value["kind"].as_str(), value["seq"].as_u64()),
+            (Some("context"), Some(3))
+        );
+    }
+
+    #[test]
     fn text_line_reads_well() {
         let mut line = Vec::new();
         render(Format::Text, &event(), &mut line);
