@@ -79,9 +79,14 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
     let load = Load::calibrate()?;
     let load_average_start = load_average();
     let rounds = alternate(&load, rounds)?;
-    let (kernel, flood) = {
+    let (kernel, kernel_no_context, flood) = {
         let _stats = BpfStats::enable()?;
-        (kernel_cost(&load)?, flood(&load)?)
+        let no_context = NoContextRules::create()?;
+        (
+            kernel_cost(&load, &[])?,
+            kernel_cost(&load, &["--rules", no_context.arg()?])?,
+            flood(&load)?,
+        )
     };
     let report = Report {
         load_averages: [load_average_start, load_average()],
@@ -89,6 +94,7 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
         load,
         rounds,
         kernel,
+        kernel_no_context,
         flood,
         pipeline,
     };
@@ -791,10 +797,10 @@ fn ns_per_pair(stats: &[ProgStats], pairs: u64) -> Option<f64> {
     (pairs > 0).then(|| total as f64 / pairs as f64)
 }
 
-/// One link-trace run (default configuration, stats on) under one
-/// generator; its programs' statistics and the pairs made.
-fn kernel_cost(load: &Load) -> anyhow::Result<(Vec<ProgStats>, u64)> {
-    let mut tracer = Tracer::link_trace(&[])?;
+/// One link-trace run (default configuration plus `args`, stats on) under
+/// one generator; its programs' statistics and the pairs made.
+fn kernel_cost(load: &Load, args: &[&str]) -> anyhow::Result<(Vec<ProgStats>, u64)> {
+    let mut tracer = Tracer::link_trace(args)?;
     let pairs = load.pairs()?;
     tracer.ensure_running()?;
     let stats = program_stats(tracer.pid()?)?;
@@ -891,6 +897,8 @@ struct Report {
     load: Load,
     rounds: Rounds,
     kernel: (Vec<ProgStats>, u64),
+    /// The same with unlink and rename not captured.
+    kernel_no_context: (Vec<ProgStats>, u64),
     flood: Flood,
     pipeline: f64,
 }
@@ -1010,6 +1018,11 @@ impl Report {
         );
         for (label, stats, pairs) in [
             ("one generator", &self.kernel.0, self.kernel.1),
+            (
+                "one generator, unlink/rename not captured",
+                &self.kernel_no_context.0,
+                self.kernel_no_context.1,
+            ),
             ("flood", &self.flood.stats, self.flood.calls),
         ] {
             let mut runs: Vec<String> = stats
