@@ -724,3 +724,80 @@ fn one_user_writing_a_temporary_then_linking_and_renaming_raises_nothing() {
         );
     }
 }
+
+const UNLINKAT_RULE: &str = r#"
+[[rule]]
+id = "ctx-hup"
+title = "A name with the test prefix removed"
+severity = "info"
+mitre = ["T1070.004"]
+syscalls = ["unlinkat"]
+message = "{comm} removed {target_resolved}"
+condition = { field = "target_resolved", glob = "**/ctx-hup-*" }
+"#;
+
+#[test]
+fn a_reload_whose_rules_need_unlinkat_attaches_it() {
+    if !privileged("a_reload_whose_rules_need_unlinkat_attaches_it") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-hup");
+    let rules = dir.join("site.toml");
+    // First no rule needs unlink or rename: nothing of theirs is attached.
+    std::fs::write(
+        &rules,
+        UNLINKAT_RULE.replace("syscalls = [\"unlinkat\"]\n", ""),
+    )
+    .unwrap();
+    let tracer = Tracer::start(&[
+        "--pid",
+        &my_pid(),
+        "--no-builtin-rules",
+        "--rules-dir",
+        s(&dir.join("no-such-dir")),
+        "--rules",
+        s(&rules),
+    ]);
+    let (before, after) = (dir.file("ctx-hup-before"), dir.file("ctx-hup-after"));
+    unlinkat(AT_FDCWD, &before, 0).expect("unlinkat");
+    std::fs::write(&rules, UNLINKAT_RULE).unwrap();
+    tracer.signal(libc::SIGHUP);
+    let wait = |text: &str| {
+        tracer
+            .wait_for_stderr(text, std::time::Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no stderr line with {text:?}"))
+    };
+    let line = wait("link-trace: capturing unlinkat");
+    assert_eq!(
+        line,
+        "link-trace: capturing unlinkat as context for the rules ctx-hup; not printed (--context-events prints them)"
+    );
+    wait("reloaded rules: 1 in force");
+    unlinkat(AT_FDCWD, &after, 0).expect("unlinkat");
+    let run = tracer.stop();
+    run.assert_clean_exit();
+    assert!(
+        run.stderr.iter().any(|l| l
+            == "link-trace: unlink and rename calls are not captured: no rule in force needs them (--context-events captures and prints them)"),
+        "{:?}",
+        run.stderr
+    );
+    let alerts: Vec<&Value> = run.alerts().collect();
+    assert_eq!(alerts.len(), 1, "{:#?}", run.records);
+    expect_fields(
+        alerts[0],
+        &[
+            ("rule_id", "ctx-hup".into()),
+            ("syscall", "unlinkat".into()),
+            ("oldpath_resolved", s(&after).into()),
+            ("event_seqs", json!([])),
+            (
+                "message",
+                format!("{} removed {}", crate::harness::thread_comm(), s(&after)).into(),
+            ),
+        ],
+    );
+    // Other tests of this process may unlink meanwhile: only the count of
+    // this alert's context records is certain.
+    assert_eq!(alerts[0]["context_seqs"].as_array().map(Vec::len), Some(1));
+}
