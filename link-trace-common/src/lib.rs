@@ -24,6 +24,9 @@ pub const TASK_COMM_LEN: usize = 16;
 
 /// Fixed numeric record type ids; the first field of every record.
 pub const RECORD_LINK: u32 = 1;
+/// An unlink or rename call captured as context for the rules
+/// (`ContextRecordHeader`).
+pub const RECORD_CONTEXT: u32 = 2;
 
 /// The syscall an event came from.
 #[repr(u32)]
@@ -31,6 +34,49 @@ pub const RECORD_LINK: u32 = 1;
 pub enum SyscallId {
     Link = 1,
     Linkat = 2,
+    Unlink = 3,
+    Unlinkat = 4,
+    Rename = 5,
+    Renameat = 6,
+    Renameat2 = 7,
+}
+
+impl SyscallId {
+    pub const ALL: [SyscallId; 7] = [
+        SyscallId::Link,
+        SyscallId::Linkat,
+        SyscallId::Unlink,
+        SyscallId::Unlinkat,
+        SyscallId::Rename,
+        SyscallId::Renameat,
+        SyscallId::Renameat2,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SyscallId::Link => "link",
+            SyscallId::Linkat => "linkat",
+            SyscallId::Unlink => "unlink",
+            SyscallId::Unlinkat => "unlinkat",
+            SyscallId::Rename => "rename",
+            SyscallId::Renameat => "renameat",
+            SyscallId::Renameat2 => "renameat2",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SyscallId> {
+        Self::ALL.into_iter().find(|id| id.name() == name)
+    }
+
+    /// Captured as a context record (RECORD_CONTEXT), not a link event.
+    pub const fn is_context(self) -> bool {
+        !matches!(self, SyscallId::Link | SyscallId::Linkat)
+    }
+
+    /// Takes a second path, the new name (link and rename do, unlink not).
+    pub const fn has_new_path(self) -> bool {
+        !matches!(self, SyscallId::Unlink | SyscallId::Unlinkat)
+    }
 }
 
 /// `PathArg::flags` bits.
@@ -224,6 +270,42 @@ pub struct LinkRecordHeader {
 pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<LinkRecordHeader>();
 const _: () = assert!(RECORD_HEADER_SIZE == 96 + 48 + 32 + 16 + 16 + 16 + 8);
 
+/// Segments of a context record: the raw paths and their bases, the first
+/// four SEG_* indices (a context record has no exe or exit-time re-read).
+pub const CONTEXT_SEG_COUNT: usize = 4;
+
+/// The wire record of an unlink or rename call captured as rule context:
+/// lean on purpose (no exe, namespaces, file facts or TOCTOU re-read), then
+/// the segments SEG_OLD_RAW..=SEG_NEW_BASE. `call.record_type` is
+/// RECORD_CONTEXT; for unlink and unlinkat `call.new` is empty and
+/// `call.olddirfd`/`call.old` are its dirfd and path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextRecordHeader {
+    /// `call.record_len` is the length of the whole wire record.
+    pub call: LinkEventHeader,
+    /// The caller's credentials at exit; meaningful when `creds_valid` is 1.
+    pub euid: u32,
+    pub egid: u32,
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub creds_valid: u32,
+    pub _pad: u32,
+    pub old_base: BaseInfo,
+    pub new_base: BaseInfo,
+    pub seg_len: [u16; CONTEXT_SEG_COUNT],
+    /// As `LinkRecordHeader::walked_len`, for the two bases.
+    pub walked_len: [u16; CONTEXT_SEG_COUNT],
+}
+pub const CONTEXT_HEADER_SIZE: usize = core::mem::size_of::<ContextRecordHeader>();
+const _: () = assert!(CONTEXT_HEADER_SIZE == 96 + 24 + 16 + 8 + 8);
+const _: () = assert!(SEG_NEW_BASE < CONTEXT_SEG_COUNT && SEG_OLD_BASE < CONTEXT_SEG_COUNT);
+/// The kernel builds a context record in an `OutRecord` like a link record
+/// and then writes its (shorter) header just before the data, so header and
+/// segments are contiguous without a second buffer: the record starts here.
+pub const CONTEXT_HEADER_OFFSET: usize = RECORD_HEADER_SIZE - CONTEXT_HEADER_SIZE;
+const _: () = assert!(core::mem::offset_of!(OutRecord, data) == RECORD_HEADER_SIZE);
+
 /// Room for the segments: both raw paths (8192), two bases, the executable
 /// and two exit-time re-reads (4096 each), plus one read's slack so a
 /// bounded-offset copy never runs off the end.
@@ -346,7 +428,12 @@ pub enum Stat {
     /// Calls lost because a tracepoint argument could not be read.
     ArgReadFailed = 5,
 }
+/// Counters per record kind: link events use `Stat as u32`, context records
+/// (unlink, rename) `CONTEXT_STATS + Stat as u32`, so each kind's calls can
+/// be balanced against what was delivered and lost on its own.
 pub const STAT_COUNT: u32 = 6;
+pub const CONTEXT_STATS: u32 = STAT_COUNT;
+pub const STATS_ENTRIES: u32 = 2 * STAT_COUNT;
 
 /// Kernel-side filter switches, set as a load-time global.
 pub const FILTER_TGID: u32 = 1 << 0;

@@ -21,7 +21,7 @@ use link_trace_common::{
     OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PendingCall, ProcessContext,
     RESOLVE_BAD_FD, RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT,
     RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK, RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE,
-    SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, WALK_CAP, WALK_END,
+    SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, SyscallId, WALK_CAP, WALK_END,
     WALK_MAX_DEPTH,
 };
 
@@ -86,29 +86,63 @@ pub fn offsets_ready() -> bool {
 pub fn enrich(call: &PendingCall, out: &mut OutRecord, walk: &mut Walk) {
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task() };
-    out.header.process = process_context(task);
-    out.header.file = FileFacts::default();
+    // The bases first, on one path for links and context records alike, so
+    // the verifier walks this code once; what differs comes after (see
+    // crate::is_context).
+    resolve_bases(task, call, out, walk);
 
+    if crate::is_context(call) {
+        // The lean context of an unlink or rename: the credentials (the
+        // rules group these calls by name and fsuid); no exe, namespaces or
+        // re-read.
+        if let Some([euid, egid, fsuid, fsgid]) = creds(task, off!(optional) as u32) {
+            let p = &mut out.header.process;
+            (p.euid, p.egid, p.fsuid, p.fsgid) = (euid, egid, fsuid, fsgid);
+            p.valid = CTX_CREDS;
+        }
+        return;
+    }
+    out.header.process = process_context(task);
+
+    if add_exe(task, out, walk).is_ok() {
+        out.header.process.valid |= CTX_EXE;
+    }
+
+    recheck(call, out, walk, true);
+    recheck(call, out, walk, false);
+}
+
+/// Resolves the old path's base and, unless the call is an unlink (which
+/// has no new path), the new one's (reusing the old one when both are
+/// relative to the same directory).
+#[inline(always)]
+fn resolve_bases(task: u64, call: &PendingCall, out: &mut OutRecord, walk: &mut Walk) {
     let h = &call.header;
+    // AT_EMPTY_PATH means "the file open on the dirfd" for linkat only
+    // (unlinkat's AT_REMOVEDIR is another bit; rename has no such flag).
+    let empty_path = h.syscall == SyscallId::Linkat as u32 && h.flags & AT_EMPTY_PATH != 0;
+    let has_new = h.syscall != SyscallId::Unlink as u32 && h.syscall != SyscallId::Unlinkat as u32;
     let old = base_for(
         h.olddirfd,
-        h.flags & AT_EMPTY_PATH != 0,
+        empty_path,
         h.old.flags,
         first_byte(call, 0, h.old.len),
     );
-    let new_first = first_byte(call, h.old.len as usize, h.new.len);
-    let new = base_for(h.newdirfd, false, h.new.flags, new_first);
     out.header.old_base = BaseInfo {
         kind: old.kind,
         ..Default::default()
     };
+    // The old path's base, walked once; the new one reuses it when equal.
+    place_base(task, out, walk, &old, true);
+    if !has_new {
+        return;
+    }
+    let new_first = first_byte(call, h.old.len as usize, h.new.len);
+    let new = base_for(h.newdirfd, false, h.new.flags, new_first);
     out.header.new_base = BaseInfo {
         kind: new.kind,
         ..Default::default()
     };
-
-    // The old path's base, walked once; the new one reuses it when equal.
-    place_base(task, out, walk, &old, true);
     let same = new.kind == old.kind
         && matches!(new.kind, BASE_CWD | BASE_DIRFD | BASE_ROOT)
         && (new.kind == BASE_ROOT || new.dirfd == old.dirfd);
@@ -120,13 +154,6 @@ pub fn enrich(call: &PendingCall, out: &mut OutRecord, walk: &mut Walk) {
     } else {
         place_base(task, out, walk, &new, false);
     }
-
-    if add_exe(task, out, walk).is_ok() {
-        out.header.process.valid |= CTX_EXE;
-    }
-
-    recheck(call, out, walk, true);
-    recheck(call, out, walk, false);
 }
 
 #[inline(always)]
@@ -168,15 +195,23 @@ fn base_for(dirfd: i32, empty_path_flag: bool, arg_flags: u16, first: Option<u8>
 }
 
 /// Resolves one argument's base and appends it; a root that is "/" turns
-/// BASE_ROOT into BASE_ABSOLUTE with no segment.
+/// BASE_ROOT into BASE_ABSOLUTE with no segment. One walk_path call site
+/// whatever the base: each copy of the walk costs the verifier dearly.
 #[inline(always)]
 fn place_base(task: u64, out: &mut OutRecord, walk: &Walk, base: &Base, old: bool) {
     let seg = if old { SEG_OLD_BASE } else { SEG_NEW_BASE };
-    let result = if base.kind == BASE_ROOT {
-        walk_root(task)
-    } else {
-        resolve(task, base, out).map(Some)
-    };
+    let result = base_start(task, base, out).and_then(|start| {
+        let Some((mnt, dentry)) = start else {
+            return Ok(None);
+        };
+        let walked = walk_path(mnt, dentry)?;
+        // A root that walks to "/" is the mount namespace's root after all.
+        if base.kind == BASE_ROOT && walked.1 <= 1 {
+            remember_slash_root([mnt, dentry]);
+            return Ok(None);
+        }
+        Ok(Some(walked))
+    });
     let info = if old {
         &mut out.header.old_base
     } else {
@@ -189,32 +224,45 @@ fn place_base(task: u64, out: &mut OutRecord, walk: &Walk, base: &Base, old: boo
     }
 }
 
-/// The caller's root for an absolute argument: None when it is the mount
-/// namespace's root "/" (remembered in SLASH_ROOT, so the common case costs
-/// three reads and no walk), else its walked path (a chroot).
+/// Where the walk of one argument's base starts (mount, dentry); None when
+/// there is nothing to walk: an absolute argument of a caller whose root is
+/// the mount namespace's root.
 #[inline(always)]
-fn walk_root(task: u64) -> Result<Option<(usize, u16)>, u8> {
-    let root = ptr(task + off!(task_fs))? + off!(fs_root);
-    let pair = [ptr(root + off!(path_mnt))?, ptr(root + off!(path_dentry))?];
-    let cached = crate::SLASH_ROOT
-        .get_ptr_mut(0)
-        .ok_or(RESOLVE_READ_FAILED)?;
-    // SAFETY: a 16-byte map slot; a racing writer stores another valid pair.
-    let cached = unsafe { &mut *cached };
-    if *cached == pair {
-        return Ok(None);
+fn base_start(task: u64, base: &Base, out: &mut OutRecord) -> Result<Option<(u64, u64)>, u8> {
+    if base.kind == BASE_ROOT {
+        root_start(task)
+    } else {
+        resolve(task, base, out).map(Some)
     }
-    let (start, walked) = walk_path(pair[0], pair[1])?;
-    if walked <= 1 {
-        *cached = pair;
-        return Ok(None);
-    }
-    Ok(Some((start, walked)))
 }
 
-/// Walks the base of one argument into `walk`; returns where the path starts.
+/// The caller's root for an absolute argument: None when it is the mount
+/// namespace's root "/" (remembered in SLASH_ROOT, so the common case costs
+/// three reads and no walk), else where to walk it from (a chroot).
 #[inline(always)]
-fn resolve(task: u64, base: &Base, out: &mut OutRecord) -> Result<(usize, u16), u8> {
+fn root_start(task: u64) -> Result<Option<(u64, u64)>, u8> {
+    let root = ptr(task + off!(task_fs))? + off!(fs_root);
+    let pair = [ptr(root + off!(path_mnt))?, ptr(root + off!(path_dentry))?];
+    let cached = crate::SLASH_ROOT.get_ptr(0).ok_or(RESOLVE_READ_FAILED)?;
+    // SAFETY: a 16-byte map slot; a racing writer stores another valid pair.
+    if unsafe { *cached } == pair {
+        return Ok(None);
+    }
+    Ok(Some((pair[0], pair[1])))
+}
+
+#[inline(always)]
+fn remember_slash_root(pair: [u64; 2]) {
+    if let Some(cached) = crate::SLASH_ROOT.get_ptr_mut(0) {
+        // SAFETY: as in root_start.
+        unsafe { *cached = pair };
+    }
+}
+
+/// The (mount, dentry) of one relative argument's base directory (or, for
+/// AT_EMPTY_PATH, of the file open on the dirfd).
+#[inline(always)]
+fn resolve(task: u64, base: &Base, out: &mut OutRecord) -> Result<(u64, u64), u8> {
     let fs = || ptr(task + off!(task_fs));
     let (mnt, dentry) = match base.kind {
         BASE_NONE => return Err(base.error),
@@ -239,7 +287,7 @@ fn resolve(task: u64, base: &Base, out: &mut OutRecord) -> Result<(usize, u16), 
     if base.kind != BASE_FD_FILE && unlinked(dentry)? {
         return Err(RESOLVE_DELETED);
     }
-    walk_path(mnt, dentry)
+    Ok((mnt, dentry))
 }
 
 /// The `struct file` open on `fd` in the current task.
@@ -435,25 +483,9 @@ fn process_context(task: u64) -> ProcessContext {
         ctx.valid |= CTX_PPID;
     }
     let optional = off!(optional) as u32;
-    if let Ok(cred) = ptr(task + off!(task_cred)) {
-        // One read when the four ids are adjacent (they are on every kernel
-        // seen so far), four otherwise.
-        let ids = if optional & OPT_CRED_BLOCK != 0 {
-            read::<[u32; 4]>(cred + off!(cred_euid))
-        } else {
-            (|| {
-                Ok([
-                    read::<u32>(cred + off!(cred_euid))?,
-                    read::<u32>(cred + off!(cred_egid))?,
-                    read::<u32>(cred + off!(cred_fsuid))?,
-                    read::<u32>(cred + off!(cred_fsgid))?,
-                ])
-            })()
-        };
-        if let Ok([euid, egid, fsuid, fsgid]) = ids {
-            (ctx.euid, ctx.egid, ctx.fsuid, ctx.fsgid) = (euid, egid, fsuid, fsgid);
-            ctx.valid |= CTX_CREDS;
-        }
+    if let Some([euid, egid, fsuid, fsgid]) = creds(task, optional) {
+        (ctx.euid, ctx.egid, ctx.fsuid, ctx.fsgid) = (euid, egid, fsuid, fsgid);
+        ctx.valid |= CTX_CREDS;
     }
     if optional & CTX_AUDIT != 0 {
         let ids = if optional & OPT_AUDIT_PAIR != 0 {
@@ -485,6 +517,26 @@ fn process_context(task: u64) -> ProcessContext {
         ctx.valid |= CTX_PID_NS;
     }
     ctx
+}
+
+/// euid, egid, fsuid, fsgid from the task's cred: one read when the four
+/// ids are adjacent (they are on every kernel seen so far), four otherwise.
+#[inline(always)]
+fn creds(task: u64, optional: u32) -> Option<[u32; 4]> {
+    let cred = ptr(task + off!(task_cred)).ok()?;
+    let ids = if optional & OPT_CRED_BLOCK != 0 {
+        read::<[u32; 4]>(cred + off!(cred_euid))
+    } else {
+        (|| {
+            Ok([
+                read::<u32>(cred + off!(cred_euid))?,
+                read::<u32>(cred + off!(cred_egid))?,
+                read::<u32>(cred + off!(cred_fsuid))?,
+                read::<u32>(cred + off!(cred_fsgid))?,
+            ])
+        })()
+    };
+    ids.ok()
 }
 
 #[inline(always)]

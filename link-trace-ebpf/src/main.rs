@@ -2,6 +2,10 @@
 //! tracepoints. Entry reads the arguments (both paths in full) into an
 //! in-flight entry keyed by thread; exit adds the result and sends the record,
 //! sized to the paths actually read, to the ring buffer.
+//!
+//! unlink, unlinkat, rename, renameat and renameat2 go through the same entry
+//! code and in-flight slot, and a lean exit of their own (`context_exit`)
+//! that sends a RECORD_CONTEXT record: paths, bases and credentials only.
 #![no_std]
 #![no_main]
 
@@ -23,11 +27,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use link_trace_common::{
-    AT_FDCWD, DEFAULT_RING_BYTES, EXE_CACHE_ENTRIES, ExeCacheEntry, FILTER_COMM,
-    FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID, LinkRecordHeader, MAX_INFLIGHT, OutRecord,
-    PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED, PathArg, PendingCall,
-    RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS, SEG_NEW_RAW, SEG_OLD_RAW, STAT_COUNT,
-    Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES, WALK_CAP,
+    AT_FDCWD, CONTEXT_HEADER_OFFSET, CONTEXT_HEADER_SIZE, CONTEXT_SEG_COUNT, CONTEXT_STATS,
+    CTX_CREDS, ContextRecordHeader, DEFAULT_RING_BYTES, EXE_CACHE_ENTRIES, ExeCacheEntry,
+    FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID, LinkRecordHeader, MAX_INFLIGHT,
+    OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED, PathArg,
+    PendingCall, RECORD_CONTEXT, RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS, SEG_NEW_RAW,
+    SEG_OLD_RAW, STATS_ENTRIES, Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES,
+    WALK_CAP,
 };
 
 const OUT_RECORD_SIZE: usize = core::mem::size_of::<OutRecord>();
@@ -35,6 +41,12 @@ const OUT_RECORD_SIZE: usize = core::mem::size_of::<OutRecord>();
 /// The tracer's own tgid: its activity is never reported.
 #[unsafe(no_mangle)]
 static TRACER_TGID: Global<u32> = Global::new(0);
+/// The syscall numbers of link and linkat (-1 where there is none), so an
+/// exit without its entry is counted against the right record kind.
+#[unsafe(no_mangle)]
+static LINK_NR: Global<i32> = Global::new(-1);
+#[unsafe(no_mangle)]
+static LINKAT_NR: Global<i32> = Global::new(-1);
 /// FILTER_* bits: which of the filter sets below are in force.
 #[unsafe(no_mangle)]
 static FILTER_FLAGS: Global<u32> = Global::new(0);
@@ -66,7 +78,7 @@ pub(crate) static EXE_SCRATCH: PerCpuArray<ExeCacheEntry> = PerCpuArray::with_ma
 #[map]
 pub(crate) static SLASH_ROOT: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 #[map]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 #[map]
 static FILTER_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(FILTER_MAX_ENTRIES, 0);
 #[map]
@@ -78,6 +90,7 @@ static FILTER_COMMS: HashMap<[u8; TASK_COMM_LEN], u8> =
 // Offsets in the syscalls:* tracepoint records (see each event's `format`
 // file in tracefs): common header, __syscall_nr, then one 8-byte slot per
 // argument; the exit record holds `long ret` at 16.
+const SYSCALL_NR: usize = 8;
 const ARG0: usize = 16;
 const ARG_SLOT: usize = 8;
 const EXIT_RET: usize = 16;
@@ -98,19 +111,53 @@ pub fn linkat_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// One exit program for both syscalls (their exit records have the same
-/// layout): the kernel verifies it once, which halves start-up.
+// Context syscalls: one small entry program each (the syscall is a
+// constant, so each keeps only its own argument reads), attached only when a
+// rule in force or --context-events asks for them.
+macro_rules! context_enter {
+    ($name:ident, $syscall:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            if let Err(stat) = try_enter(&ctx, $syscall) {
+                count_context(stat);
+            }
+            0
+        }
+    };
+}
+context_enter!(unlink_enter, SyscallId::Unlink);
+context_enter!(unlinkat_enter, SyscallId::Unlinkat);
+context_enter!(rename_enter, SyscallId::Rename);
+context_enter!(renameat_enter, SyscallId::Renameat);
+context_enter!(renameat2_enter, SyscallId::Renameat2);
+
+/// One exit program for every traced syscall (their exit records have the
+/// same layout): the kernel verifies it once, which halves start-up, and
+/// the context syscalls, attached later, add no verification at all.
 #[tracepoint]
 pub fn link_exit(ctx: TracePointContext) -> u32 {
-    if let Err(stat) = try_exit(&ctx) {
-        count(stat);
+    match try_exit(&ctx) {
+        Err((stat, true)) => count_context(stat),
+        Err((stat, false)) => count(stat),
+        Ok(()) => {}
     }
     0
 }
 
 #[inline(always)]
 fn count(stat: Stat) {
-    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+    count_at(stat as u32);
+}
+
+/// Counters of context records live after the link events' (CONTEXT_STATS).
+#[inline(always)]
+fn count_context(stat: Stat) {
+    count_at(CONTEXT_STATS + stat as u32);
+}
+
+#[inline(always)]
+fn count_at(index: u32) {
+    if let Some(counter) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot; tracepoint programs do not nest on a CPU.
         unsafe { *counter += 1 };
     }
@@ -169,25 +216,46 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     // (entry and exit of one syscall run on its own task).
     let call = unsafe { &mut *call };
 
+    // (olddirfd, oldname, newdirfd, newname, flags); unlink's one path is
+    // the "old" one and its new name is a null pointer, never read.
     let (olddirfd, oldname, newdirfd, newname, flags) = match syscall {
-        SyscallId::Link => (
+        SyscallId::Link | SyscallId::Rename => (
             AT_FDCWD as i64,
             arg::<u64>(ctx, 0)?,
             AT_FDCWD as i64,
             arg::<u64>(ctx, 1)?,
             0,
         ),
-        SyscallId::Linkat => (
+        SyscallId::Linkat | SyscallId::Renameat2 => (
             arg::<i64>(ctx, 0)?,
             arg::<u64>(ctx, 1)?,
             arg::<i64>(ctx, 2)?,
             arg::<u64>(ctx, 3)?,
             arg::<i64>(ctx, 4)?,
         ),
+        SyscallId::Renameat => (
+            arg::<i64>(ctx, 0)?,
+            arg::<u64>(ctx, 1)?,
+            arg::<i64>(ctx, 2)?,
+            arg::<u64>(ctx, 3)?,
+            0,
+        ),
+        SyscallId::Unlink => (AT_FDCWD as i64, arg::<u64>(ctx, 0)?, 0, 0, 0),
+        SyscallId::Unlinkat => (
+            arg::<i64>(ctx, 0)?,
+            arg::<u64>(ctx, 1)?,
+            0,
+            0,
+            arg::<i64>(ctx, 2)?,
+        ),
     };
 
     let header = &mut call.header;
-    header.record_type = RECORD_LINK;
+    header.record_type = if syscall.is_context() {
+        RECORD_CONTEXT
+    } else {
+        RECORD_LINK
+    };
     // SAFETY: plain helper call without arguments.
     header.enter_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     header.exit_boot_ns = 0;
@@ -206,6 +274,10 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     call.old_ptr = oldname;
     call.new_ptr = newname;
     header.old = read_path(call.paths.as_mut_ptr(), oldname);
+    if !syscall.has_new_path() {
+        call.header.new = PathArg::default();
+        return Ok(());
+    }
     let new_offset = call.header.old.len as usize;
     if new_offset > PATH_KEEP_MAX {
         return Err(Stat::ArgReadFailed);
@@ -271,29 +343,46 @@ fn read_path(dest: *mut u8, user_ptr: u64) -> PathArg {
     }
 }
 
-fn try_exit(ctx: &TracePointContext) -> Result<(), Stat> {
+/// Err carries the loss and whether it is a context record's.
+fn try_exit(ctx: &TracePointContext) -> Result<(), (Stat, bool)> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let call = INFLIGHT
-        .get_ptr_mut(pid_tgid)
+    let call = INFLIGHT.get_ptr_mut(pid_tgid).filter(|call| {
         // SAFETY: a map value of this thread's key, touched by this thread only.
-        .filter(|call| unsafe { (**call).header.record_type } == RECORD_LINK);
+        let record_type = unsafe { (**call).header.record_type };
+        record_type == RECORD_LINK || record_type == RECORD_CONTEXT
+    });
     let Some(call) = call else {
         // Only a caller we would have traced counts as a miss.
         let uid = bpf_get_current_uid_gid() as u32;
-        return if wanted((pid_tgid >> 32) as u32, uid) {
-            Err(Stat::ExitWithoutEnter)
-        } else {
-            Ok(())
-        };
+        if !wanted((pid_tgid >> 32) as u32, uid) {
+            return Ok(());
+        }
+        // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
+        let nr = unsafe { ctx_field::<i32>(ctx, SYSCALL_NR) };
+        let link = nr == LINK_NR.load() || nr == LINKAT_NR.load();
+        return Err((Stat::ExitWithoutEnter, !link));
     };
     // SAFETY: as above; the slot stays in the map for this thread's next call.
     let call = unsafe { &mut *call };
-    let result = submit(ctx, call);
+    let result = submit(ctx, call).map_err(|stat| (stat, is_context(call)));
     // Idle until the next entry; an exit without entry is then recognized.
     call.header.record_type = 0;
     result
 }
 
+/// Whether the slot holds an unlink or rename. Read afresh from the map at
+/// each use, never kept in a register: the verifier then sees one unknown
+/// value rather than two constants, and checks the code before the first
+/// use (the base walks) once for both kinds instead of once per kind.
+#[inline(always)]
+pub(crate) fn is_context(call: &PendingCall) -> bool {
+    // SAFETY: a read of an initialized u32 in the slot.
+    unsafe { core::ptr::read_volatile(&raw const call.header.record_type) == RECORD_CONTEXT }
+}
+
+/// Sends the record of one completed call: a link event, or the lean
+/// record of an unlink or rename, built the same way so the verifier
+/// checks the base walks once for both.
 #[inline(always)]
 fn submit(ctx: &TracePointContext, call: &PendingCall) -> Result<(), Stat> {
     // SAFETY: plain helper call without arguments.
@@ -312,7 +401,87 @@ fn submit(ctx: &TracePointContext, call: &PendingCall) -> Result<(), Stat> {
     // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
     out.header.call.ret = unsafe { ctx_field::<i64>(ctx, EXIT_RET) };
 
-    // Both raw paths, packed as entry stored them.
+    copy_raw_paths(call, out)?;
+    if context::offsets_ready() {
+        context::enrich(call, out, walk);
+    } else {
+        out.header.old_base.error = RESOLVE_NO_OFFSETS;
+        out.header.new_base.error = RESOLVE_NO_OFFSETS;
+    }
+    if is_context(call) {
+        return emit_context(out);
+    }
+
+    let len = RECORD_HEADER_SIZE + out.header.call.record_len as usize;
+    out.header.call.record_len = len as u32;
+    // A plain upper-bound test on the very register passed as the size: the
+    // verifier must see `len <= value size`, and a range test gets rewritten
+    // into a subtraction it cannot follow.
+    if len > OUT_RECORD_SIZE {
+        return Err(Stat::ArgReadFailed);
+    }
+    // SAFETY: `len` lies within the map value, checked just above.
+    let record =
+        unsafe { core::slice::from_raw_parts((out as *const OutRecord).cast::<u8>(), len) };
+    EVENTS
+        .output::<[u8]>(record, wakeup_flag(out.header.call.exit_boot_ns))
+        .map_err(|_| Stat::RingFull)?;
+    count(Stat::Submitted);
+    Ok(())
+}
+
+/// Sends an unlink or rename record built in OUT like a link record: its
+/// shorter header is written right before the data (CONTEXT_HEADER_OFFSET),
+/// so header and segments are contiguous, and that span goes to the ring.
+#[inline(always)]
+fn emit_context(out: &mut OutRecord) -> Result<(), Stat> {
+    let data_len = out.header.call.record_len as usize;
+    let len = CONTEXT_HEADER_SIZE + data_len;
+    let full = &out.header;
+    let mut header = ContextRecordHeader {
+        call: full.call,
+        euid: full.process.euid,
+        egid: full.process.egid,
+        fsuid: full.process.fsuid,
+        fsgid: full.process.fsgid,
+        creds_valid: u32::from(full.process.valid & CTX_CREDS != 0),
+        _pad: 0,
+        old_base: full.old_base,
+        new_base: full.new_base,
+        seg_len: [0; CONTEXT_SEG_COUNT],
+        walked_len: [0; CONTEXT_SEG_COUNT],
+    };
+    header.call.record_type = RECORD_CONTEXT;
+    header.call.record_len = len as u32;
+    for i in 0..CONTEXT_SEG_COUNT {
+        header.seg_len[i] = full.seg_len[i];
+        header.walked_len[i] = full.walked_len[i];
+    }
+    // As in submit: a plain upper bound on the register passed as the size.
+    if len > OUT_RECORD_SIZE - CONTEXT_HEADER_OFFSET {
+        return Err(Stat::ArgReadFailed);
+    }
+    // SAFETY: CONTEXT_HEADER_OFFSET + CONTEXT_HEADER_SIZE == RECORD_HEADER_SIZE
+    // (the data's offset), so the header ends where the data begins, inside
+    // this CPU's OUT slot; `len` was bounded just above.
+    let record = unsafe {
+        let start = (out as *mut OutRecord)
+            .cast::<u8>()
+            .add(CONTEXT_HEADER_OFFSET);
+        core::ptr::write_unaligned(start.cast::<ContextRecordHeader>(), header);
+        core::slice::from_raw_parts(start.cast_const(), len)
+    };
+    EVENTS
+        .output::<[u8]>(record, wakeup_flag(header.call.exit_boot_ns))
+        .map_err(|_| Stat::RingFull)?;
+    count_context(Stat::Submitted);
+    Ok(())
+}
+
+/// Copies both raw paths, packed as entry stored them, to the start of the
+/// record's data, and starts the running data length.
+#[inline(always)]
+fn copy_raw_paths(call: &PendingCall, out: &mut OutRecord) -> Result<(), Stat> {
     let raw_len = call.header.old.len as usize + call.header.new.len as usize;
     if raw_len > 2 * PATH_KEEP_MAX {
         return Err(Stat::ArgReadFailed);
@@ -332,28 +501,6 @@ fn submit(ctx: &TracePointContext, call: &PendingCall) -> Result<(), Stat> {
     out.header.seg_len[SEG_NEW_RAW] = call.header.new.len;
     // record_len counts data bytes while the record grows (see context::append).
     out.header.call.record_len = raw_len as u32;
-    if context::offsets_ready() {
-        context::enrich(call, out, walk);
-    } else {
-        out.header.old_base.error = RESOLVE_NO_OFFSETS;
-        out.header.new_base.error = RESOLVE_NO_OFFSETS;
-    }
-
-    let len = RECORD_HEADER_SIZE + out.header.call.record_len as usize;
-    out.header.call.record_len = len as u32;
-    // A plain upper-bound test on the very register passed as the size: the
-    // verifier must see `len <= value size`, and a range test gets rewritten
-    // into a subtraction it cannot follow.
-    if len > OUT_RECORD_SIZE {
-        return Err(Stat::ArgReadFailed);
-    }
-    // SAFETY: `len` lies within the map value, checked just above.
-    let record =
-        unsafe { core::slice::from_raw_parts((out as *const OutRecord).cast::<u8>(), len) };
-    EVENTS
-        .output::<[u8]>(record, wakeup_flag(out.header.call.exit_boot_ns))
-        .map_err(|_| Stat::RingFull)?;
-    count(Stat::Submitted);
     Ok(())
 }
 

@@ -1,41 +1,56 @@
 //! Reads records from the ring buffer, decodes them and hands them on.
 
 use aya::maps::{MapData, RingBuf};
-use link_trace_common::decode::decode_record;
+use link_trace_common::decode::{Decoded, decode};
 use tokio::sync::mpsc;
 
 use crate::{
     clock::WallClock,
-    event::{LinkEvent, Record},
+    event::{ContextEvent, LinkEvent, Record},
+    stats,
 };
 
-/// Decoding state: the sequence counter and the error count.
+/// Decoding state: the sequence counters and the error count.
 pub struct Decoder {
     next_seq: u64,
+    /// Context records (unlink, rename) are numbered on their own, so link
+    /// events keep consecutive `seq` whether or not context is printed.
+    next_context_seq: u64,
     pub clock: WallClock,
     pub decode_errors: u64,
     /// Events decoded but refused by a closed output channel.
     pub undelivered: u64,
+    /// The same for context records.
+    pub context_undelivered: u64,
 }
 
 impl Decoder {
     pub fn new(clock: WallClock) -> Self {
         Self {
             next_seq: 1,
+            next_context_seq: 1,
             clock,
             decode_errors: 0,
             undelivered: 0,
+            context_undelivered: 0,
         }
     }
 
-    /// Turns one raw record into an event; a bad record is counted and
-    /// described on stderr (it is a bug, never expected from the kernel).
+    /// Turns one raw record into an event or context record; a bad record is
+    /// counted and described on stderr (it is a bug, never expected from the
+    /// kernel).
     pub fn decode(&mut self, bytes: &[u8]) -> Option<Record> {
-        match decode_record(bytes) {
-            Ok(record) => {
+        match decode(bytes) {
+            Ok(Decoded::Link(record)) => {
                 let event = LinkEvent::from_record(&record, self.next_seq, &self.clock);
                 self.next_seq += 1;
                 Some(Record::Event(Box::new(event)))
+            }
+            Ok(Decoded::Context(record)) => {
+                let event =
+                    LinkEvent::from_context_record(&record, self.next_context_seq, &self.clock);
+                self.next_context_seq += 1;
+                Some(Record::Context(Box::new(ContextEvent(event))))
             }
             Err(e) => {
                 self.decode_errors += 1;
@@ -51,6 +66,17 @@ impl Decoder {
     pub fn events_decoded(&self) -> u64 {
         self.next_seq - 1
     }
+
+    pub fn context_decoded(&self) -> u64 {
+        self.next_context_seq - 1
+    }
+
+    pub fn decoded(&self) -> stats::Decoded {
+        stats::Decoded {
+            events: self.events_decoded(),
+            context: self.context_decoded(),
+        }
+    }
 }
 
 /// Moves every record now in the ring to the output channel. Waits while the
@@ -61,10 +87,15 @@ pub async fn drain(ring: &mut RingBuf<MapData>, decoder: &mut Decoder, tx: &mpsc
             let Some(item) = ring.next() else { return };
             decoder.decode(&item)
         };
-        if let Some(record) = record
-            && tx.send(record).await.is_err()
-        {
-            decoder.undelivered += 1;
+        if let Some(record) = record {
+            let context = record.is_context();
+            if tx.send(record).await.is_err() {
+                if context {
+                    decoder.context_undelivered += 1;
+                } else {
+                    decoder.undelivered += 1;
+                }
+            }
         }
     }
 }

@@ -83,6 +83,12 @@ pub struct Cli {
     #[arg(long)]
     pub keep_capabilities: bool,
 
+    /// Also capture and print unlink, unlinkat, rename, renameat and
+    /// renameat2 calls (kind "context"). Without it they are captured only
+    /// when a rule in force needs them, and only the rules see them.
+    #[arg(long)]
+    pub context_events: bool,
+
     #[command(flatten)]
     pub rules: RuleArgs,
 }
@@ -239,6 +245,9 @@ mod tests {
             [PathBuf::from("a.toml"), PathBuf::from("b.toml")]
         );
         assert!(cli.alerts_only);
+        assert!(!cli.context_events);
+        let cli = Cli::try_parse_from(["link-trace", "--context-events"]).unwrap();
+        assert!(cli.context_events);
         let cli = Cli::try_parse_from(["link-trace", "rules", "check", "x.toml"]).unwrap();
         assert!(matches!(
             cli.command,

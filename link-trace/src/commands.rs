@@ -61,6 +61,9 @@ pub fn rules_list(args: &RuleArgs, out: &mut impl Write) -> std::io::Result<bool
         if let Some(window) = rule.window_summary() {
             write!(out, " [{window}]")?;
         }
+        if let Some(syscalls) = rule.syscalls_summary() {
+            write!(out, " [syscalls: {syscalls}]")?;
+        }
         writeln!(out)?;
     }
     writeln!(out, "{} rules in force", set.rules.len())?;

@@ -57,6 +57,7 @@ pub struct FileConfig {
     pub rules_dir: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub keep_capabilities: Option<bool>,
+    pub context_events: Option<bool>,
     pub metrics_allow_remote: Option<bool>,
     /// `[[output]]` tables; `--output` flags replace them all.
     output: Option<Vec<RawOutput>>,
@@ -525,6 +526,8 @@ pub struct Settings {
     pub rules: RuleArgs,
     pub metrics_listen: Option<SocketAddr>,
     pub keep_capabilities: bool,
+    /// Capture and print unlink and rename calls (kind "context").
+    pub context_events: bool,
     /// `metrics_listen` may be a non-loopback address.
     pub metrics_allow_remote: bool,
     pub outputs: Vec<OutputConfig>,
@@ -600,6 +603,7 @@ impl Settings {
             },
             metrics_listen: cli.metrics_listen.or(file.metrics_listen),
             keep_capabilities: cli.keep_capabilities || file.keep_capabilities.unwrap_or(false),
+            context_events: cli.context_events || file.context_events.unwrap_or(false),
             metrics_allow_remote: cli.metrics_allow_remote
                 || file.metrics_allow_remote.unwrap_or(false),
             outputs,
@@ -640,6 +644,7 @@ impl Settings {
         self.ring_bytes = old.ring_bytes;
         self.metrics_listen = old.metrics_listen;
         self.keep_capabilities = old.keep_capabilities;
+        self.context_events = old.context_events;
         self.metrics_allow_remote = old.metrics_allow_remote;
     }
 
@@ -652,6 +657,7 @@ impl Settings {
             ("comm", self.comms != new.comms),
             ("ring_bytes", self.ring_bytes != new.ring_bytes),
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            ("context_events", self.context_events != new.context_events),
             (
                 "keep_capabilities",
                 self.keep_capabilities != new.keep_capabilities,

@@ -20,10 +20,10 @@ use crate::{
     config::{OutputConfig, Settings},
     detect::{self, Detector, Reload},
     enrich,
-    event::Record,
+    event::{Record, RecordKind},
     loader,
     metrics::{self, Exporter, Metrics, RingFill},
-    rules::Engine,
+    rules::{Engine, RuleSet, SyscallSet},
     sink::{self, Control, Registry},
     stats::{self, LossTracker},
 };
@@ -61,6 +61,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     };
 
     let mut tracer = loader::load(&settings)?;
+    let context_message = attach_context(
+        &mut tracer.context,
+        tracer.programs.as_mut(),
+        &rules,
+        settings.context_events,
+    )?;
     let kernel_stats = Arc::new(tracer.stats);
     // Before any other thread starts: threads inherit the reduced sets.
     crate::privileges::drop_unless_kept(settings.keep_capabilities)?;
@@ -75,7 +81,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let registry = std::sync::Arc::new(Registry::default());
     let writer = sink::spawn_stage(sinks, output_rx, control_rx, registry.clone())
         .context("start the output thread")?;
-    let mut detector = Detector::new(Engine::new(rules), settings.alerts_only);
+    let mut detector = Detector::new(Engine::new(rules), settings.alerts_only)
+        .print_context(settings.context_events);
     if metrics_listener.is_some() {
         detector = detector.with_metrics(metrics.clone());
     }
@@ -113,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     // it is dropped, which only happens after `into_inner` below.
     let mut ring = unsafe { AsyncFd::register_with_interest(tracer.ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("poll the ring buffer: {e}"))?;
+    eprintln!("{context_message}");
     eprintln!(
         "link-trace: tracing link and linkat (syscalls:sys_enter/exit_link, _linkat); Ctrl-C to stop"
     );
@@ -146,9 +154,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             _ = sighup.recv() => {
                 // Everything captured so far goes ahead under the old rules.
                 capture::drain(ring.get_mut(), &mut decoder, &tx).await;
-                let after_seq = decoder.events_decoded();
+                let after = (decoder.events_decoded(), decoder.context_decoded());
                 if let Some((new, count)) =
-                    reload(&cli, &settings, rules_in_force, after_seq, &reload_tx, &control_tx, &metrics).await
+                    reload(
+                        &cli,
+                        &settings,
+                        rules_in_force,
+                        after,
+                        &mut tracer.context,
+                        tracer.programs.as_mut(),
+                        &Stages { rules_tx: &reload_tx, control_tx: &control_tx, metrics: &metrics },
+                    )
+                    .await
                 {
                     settings = new;
                     rules_in_force = count;
@@ -188,7 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let detected = detector
         .join()
         .map_err(|_| anyhow::anyhow!("the detection thread panicked"))?;
-    let undelivered = decoder.undelivered + enrich_undelivered + detected.undelivered;
+    let undelivered = decoder.undelivered + enrich_undelivered.events + detected.undelivered;
     eprintln!(
         "link-trace: {} events captured, {} lost in the kernel or decoder, {} not handed to the outputs",
         decoder.events_decoded(),
@@ -218,6 +235,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             );
         }
     }
+    if !tracer.context.attached.is_empty() {
+        let context_undelivered =
+            decoder.context_undelivered + enrich_undelivered.context + detected.context_undelivered;
+        eprintln!(
+            "link-trace: context records ({}): {} captured, {} lost in the kernel, {} not handed to the outputs",
+            tracer.context.attached.names(),
+            decoder.context_decoded(),
+            losses.kernel_lost(RecordKind::Context),
+            context_undelivered,
+        );
+    }
     eprintln!(
         "link-trace: rules: {} alerts raised, {} undelivered; {} records left out by --alerts-only; {} window evictions",
         detected.alerts, detected.alerts_undelivered, detected.suppressed, detected.evictions,
@@ -231,12 +259,61 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Captures the context syscalls (unlink, rename) the rules in force see,
+/// or all of them with --context-events; returns the line that says what is
+/// captured and why.
+fn attach_context(
+    probes: &mut loader::ContextProbes,
+    programs: Option<&mut aya::Ebpf>,
+    rules: &RuleSet,
+    print: bool,
+) -> Result<String, loader::LoadError> {
+    let by_rules = rules.context_syscalls();
+    let wanted = if print { SyscallSet::CONTEXT } else { by_rules };
+    probes.attach(programs, wanted)?;
+    let missing = wanted.intersection(probes.unavailable);
+    if !missing.is_empty() {
+        eprintln!(
+            "link-trace: warning: this kernel has no tracepoints for {}: not captured",
+            missing.names()
+        );
+    }
+    let captured = probes.attached;
+    if captured.is_empty() {
+        return Ok(
+            "link-trace: unlink and rename calls are not captured: no rule in force needs them (--context-events captures and prints them)".into(),
+        );
+    }
+    let for_rules = rules.rules_seeing(captured);
+    let why = if for_rules.is_empty() {
+        "for --context-events".to_owned()
+    } else {
+        format!("as context for the rules {}", for_rules.join(", "))
+    };
+    let shown = if print {
+        "printed as kind \"context\" (--context-events)"
+    } else {
+        "not printed (--context-events prints them)"
+    };
+    Ok(format!(
+        "link-trace: capturing {} {why}; {shown}",
+        captured.names()
+    ))
+}
+
 fn output_names(outputs: &[OutputConfig]) -> String {
     outputs
         .iter()
         .map(|o| format!("{} ({})", o.name(), o.common().format))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Where a reload sends what it loaded.
+struct Stages<'a> {
+    rules_tx: &'a std_mpsc::Sender<Reload>,
+    control_tx: &'a mpsc::Sender<Control>,
+    metrics: &'a Metrics,
 }
 
 /// SIGHUP: reads the configuration file and the rule files again. The new
@@ -248,11 +325,16 @@ async fn reload(
     cli: &Cli,
     old: &Settings,
     rules_in_force: usize,
-    after_seq: u64,
-    rules_tx: &std_mpsc::Sender<Reload>,
-    control_tx: &mpsc::Sender<Control>,
-    metrics: &Metrics,
+    (after_seq, after_context_seq): (u64, u64),
+    context: &mut loader::ContextProbes,
+    programs: Option<&mut aya::Ebpf>,
+    stages: &Stages<'_>,
 ) -> Option<(Settings, usize)> {
+    let Stages {
+        rules_tx,
+        control_tx,
+        metrics,
+    } = stages;
     let prepared = Settings::resolve(cli)
         .map_err(anyhow::Error::from)
         .and_then(|new| {
@@ -288,9 +370,31 @@ async fn reload(
     for warning in &rules.warnings {
         eprintln!("link-trace: warning: {warning}");
     }
+    // What the new rules need is captured before they apply; attaching
+    // needs the capabilities dropped after start-up, unless they were kept.
+    let needed = rules.context_syscalls().without(context.attached);
+    if !needed.is_empty() && !new.keep_capabilities {
+        eprintln!(
+            "link-trace: warning: the reloaded rules need {} captured, which takes a restart: capabilities were dropped after attach (--keep-capabilities keeps them)",
+            needed.names()
+        );
+    } else {
+        match attach_context(context, programs, &rules, new.context_events) {
+            Ok(message) => eprintln!("{message}"),
+            Err(e) => eprintln!(
+                "link-trace: error: cannot capture what the reloaded rules need: {}",
+                crate::error_chain(&e)
+            ),
+        }
+    }
     let count = rules.rules.len();
     metrics.install_rules(&rules.rules);
-    if rules_tx.send(Reload { after_seq, rules }).is_err() {
+    let reload = Reload {
+        after_seq,
+        after_context_seq,
+        rules,
+    };
+    if rules_tx.send(reload).is_err() {
         eprintln!("link-trace: error: reload failed: the detection stage has stopped");
         return None;
     }
@@ -319,7 +423,7 @@ async fn report_stats(
         Ok(kernel) => {
             let record = stats::stats_record(
                 &kernel,
-                decoder.events_decoded(),
+                decoder.decoded(),
                 decoder.decode_errors,
                 // Filled in by the output stage, in stream order.
                 Vec::new(),

@@ -11,7 +11,7 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{Record, close_and_count_events},
+    event::{Record, close_and_count},
     metrics::{Metrics, StageMetrics},
     rules::{Engine, RuleSet},
 };
@@ -19,11 +19,15 @@ use crate::{
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct DetectSummary {
     pub events: u64,
+    /// Context records (unlink, rename) judged.
+    pub context: u64,
     pub alerts: u64,
     /// Window groups or entries dropped to bound memory.
     pub evictions: u64,
     /// Events not handed on because output was gone.
     pub undelivered: u64,
+    /// Context records to be printed but not handed on because output was gone.
+    pub context_undelivered: u64,
     pub alerts_undelivered: u64,
     /// Records left out on purpose (`--alerts-only`).
     pub suppressed: u64,
@@ -33,6 +37,9 @@ pub struct DetectSummary {
 pub struct Detector {
     pub engine: Engine,
     alerts_only: bool,
+    /// Whether context records go on to output (`--context-events`; replay
+    /// passes on those of its input) or only feed the rules.
+    print_context: bool,
     alerts: Vec<crate::event::AlertRecord>,
     pub summary: DetectSummary,
     /// Counts events and alerts for the metrics endpoint, when it is on.
@@ -44,6 +51,7 @@ impl Detector {
         Self {
             engine,
             alerts_only,
+            print_context: true,
             alerts: Vec::new(),
             summary: DetectSummary::default(),
             metrics: None,
@@ -64,26 +72,47 @@ impl Detector {
         }
     }
 
+    /// Context records feed the rules but reach the output only when asked.
+    pub fn print_context(mut self, print: bool) -> Self {
+        self.print_context = print;
+        self
+    }
+
     /// The records to emit for one input record, in order: the record
-    /// itself (unless `--alerts-only` leaves it out), then its alerts.
+    /// itself (unless `--alerts-only` leaves it out, or it is a context
+    /// record and those are not printed), then its alerts.
     pub fn process(&mut self, record: Record, mut emit: impl FnMut(Record) -> bool) -> bool {
         let undelivered_before = (self.summary.undelivered, self.summary.alerts_undelivered);
-        if let Record::Event(event) = &record {
-            self.summary.events += 1;
-            self.engine.evaluate(event, &mut self.alerts);
-            if let Some(metrics) = &self.metrics {
-                metrics.event(event);
+        match &record {
+            Record::Event(event) => {
+                self.summary.events += 1;
+                self.engine.evaluate(event, &mut self.alerts);
+                if let Some(metrics) = &self.metrics {
+                    metrics.event(event);
+                }
             }
+            Record::Context(context) => {
+                self.summary.context += 1;
+                self.engine.evaluate(&context.0, &mut self.alerts);
+            }
+            _ => {}
         }
-        let is_event = record.is_event();
-        let keep = !self.alerts_only || matches!(record, Record::Alert(_));
+        let (is_event, is_context) = (record.is_event(), record.is_context());
+        let keep = if self.alerts_only {
+            matches!(record, Record::Alert(_))
+        } else {
+            !is_context || self.print_context
+        };
         let mut delivered = true;
         if keep {
             delivered = emit(record);
             if !delivered {
                 self.summary.undelivered += u64::from(is_event);
+                self.summary.context_undelivered += u64::from(is_context);
             }
-        } else {
+        } else if !is_context || self.print_context {
+            // Left out by --alerts-only; context records nobody asked to
+            // print are not "left out", they were never for output.
             self.summary.suppressed += 1;
         }
         let alerts = self.alerts.len() as u64;
@@ -114,12 +143,25 @@ impl Detector {
     }
 }
 
-/// A rule set to put in force for events after `after_seq`: the events the
-/// daemon had already captured when it was told to reload are judged by the
-/// rules that were in force when they happened.
+/// A rule set to put in force for events after `after_seq` and context
+/// records after `after_context_seq`: what the daemon had already captured
+/// when it was told to reload is judged by the rules that were in force
+/// when it happened.
 pub struct Reload {
     pub after_seq: u64,
+    pub after_context_seq: u64,
     pub rules: RuleSet,
+}
+
+impl Reload {
+    /// Whether `record` was captured after the reload.
+    fn applies_to(&self, record: &Record) -> bool {
+        match record {
+            Record::Event(event) => event.seq > self.after_seq,
+            Record::Context(context) => context.0.seq > self.after_context_seq,
+            _ => false,
+        }
+    }
 }
 
 /// Runs the stage until its input closes or output goes away.
@@ -135,19 +177,18 @@ pub fn spawn(
             let mut pending = std::collections::VecDeque::new();
             while let Some(record) = rx.blocking_recv() {
                 pending.extend(reloads.try_iter());
-                if let Record::Event(event) = &record {
-                    while let Some(reload) =
-                        pending.pop_front_if(|r: &mut Reload| event.seq > r.after_seq)
-                    {
-                        detector.replace_rules(reload.rules);
-                    }
+                while let Some(reload) =
+                    pending.pop_front_if(|r: &mut Reload| r.applies_to(&record))
+                {
+                    detector.replace_rules(reload.rules);
                 }
                 if !detector.process(record, |r| tx.blocking_send(r).is_ok()) {
                     // Output is gone: count everything still queued, then stop.
-                    let queued = close_and_count_events(&mut rx);
-                    detector.summary.undelivered += queued;
+                    let queued = close_and_count(&mut rx);
+                    detector.summary.undelivered += queued.events;
+                    detector.summary.context_undelivered += queued.context;
                     if let Some(metrics) = &detector.metrics {
-                        metrics.undelivered(queued, 0);
+                        metrics.undelivered(queued.events, 0);
                     }
                     break;
                 }
@@ -161,14 +202,8 @@ mod tests {
     use super::*;
     use crate::{
         event::sample_event,
-        rules::{RuleSet, parse_rules},
+        rules::{RuleSet, tests::engine_of as engine},
     };
-
-    fn engine(text: &str) -> Engine {
-        let mut set = RuleSet::default();
-        set.merge("t", parse_rules("t", text).unwrap());
-        Engine::new(set)
-    }
 
     const RULE: &str = r#"
 [[rule]]
@@ -207,6 +242,49 @@ condition = { field = "pid", eq = 7 }
     }
 
     #[test]
+    fn context_records_feed_the_rules_but_print_only_when_asked() {
+        let rule = r#"
+[[rule]]
+id = "gone"
+title = "Removed"
+severity = "low"
+syscalls = ["unlinkat"]
+condition = { field = "success", eq = true }
+"#;
+        let context = || {
+            let mut e = sample_event(Some(b"/tmp/x"), None, 0);
+            e.syscall = "unlinkat";
+            e.seq = 5;
+            Record::Context(Box::new(crate::event::ContextEvent(e)))
+        };
+        for (print, kinds) in [(false, vec!["alert"]), (true, vec!["context", "alert"])] {
+            let mut d = Detector::new(engine(rule), false).print_context(print);
+            let mut out = Vec::new();
+            d.process(context(), |r| {
+                out.push(r);
+                true
+            });
+            let got: Vec<&str> = out
+                .iter()
+                .map(|r| match r {
+                    Record::Context(_) => "context",
+                    Record::Alert(a) => {
+                        assert_eq!(
+                            (a.event_seqs.len(), a.context_seqs.as_slice()),
+                            (0, &[5][..])
+                        );
+                        assert_eq!(a.syscall, "unlinkat");
+                        "alert"
+                    }
+                    _ => "other",
+                })
+                .collect();
+            assert_eq!(got, kinds, "print_context {print}");
+            assert_eq!((d.summary.context, d.summary.suppressed), (1, 0));
+        }
+    }
+
+    #[test]
     fn a_closed_output_counts_the_undelivered() {
         let (tx, rx) = mpsc::channel(4);
         let (out_tx, out_rx) = mpsc::channel(1);
@@ -230,6 +308,7 @@ condition = { field = "pid", eq = 7 }
         reload_tx
             .send(Reload {
                 after_seq: 0,
+                after_context_seq: 0,
                 rules: RuleSet::default(),
             })
             .unwrap();
@@ -250,6 +329,7 @@ condition = { field = "pid", eq = 7 }
         reload_tx
             .send(Reload {
                 after_seq: 3,
+                after_context_seq: 0,
                 rules: RuleSet::default(),
             })
             .unwrap();

@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{FileInfo, LinkEvent, Record, close_and_count_events},
+    event::{FileInfo, LinkEvent, Record, Undelivered, close_and_count},
     names,
 };
 
@@ -301,26 +301,26 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
     })
 }
 
-/// Runs the stage: takes records from capture, enriches events, hands them
-/// to output. Returns how many events it could not hand on.
+/// Runs the stage: takes records from capture, enriches events (context
+/// records pass as they are: they are lean by design), hands them to
+/// output. Returns what it could not hand on.
 pub fn spawn(
     mut rx: mpsc::Receiver<Record>,
     tx: mpsc::Sender<Record>,
-) -> std::io::Result<std::thread::JoinHandle<u64>> {
+) -> std::io::Result<std::thread::JoinHandle<Undelivered>> {
     std::thread::Builder::new()
         .name("link-trace-enrich".into())
         .spawn(move || {
             let mut enricher = Enricher::new();
-            let mut undelivered = 0;
+            let mut undelivered = Undelivered::default();
             while let Some(mut record) = rx.blocking_recv() {
-                let is_event = record.is_event();
                 if let Record::Event(event) = &mut record {
                     enricher.enrich(event);
                 }
-                if tx.blocking_send(record).is_err() {
-                    undelivered += u64::from(is_event);
+                if let Err(refused) = tx.blocking_send(record) {
+                    undelivered.count(&refused.0);
                     // Output is gone: count everything still queued, then stop.
-                    undelivered += close_and_count_events(&mut rx);
+                    undelivered.add(close_and_count(&mut rx));
                     break;
                 }
             }

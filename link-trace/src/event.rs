@@ -10,11 +10,12 @@ use std::borrow::Cow;
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use link_trace_common::{
     BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS, CTX_PID_NS, CTX_PPID,
-    NEW_CHANGED_AT_EXIT, OLD_CHANGED_AT_EXIT, PATH_KEEP_MAX, PATH_TRUNCATED, PathArg, SEG_EXE,
-    SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, SyscallId, decode::LinkRecord,
+    LinkEventHeader, NEW_CHANGED_AT_EXIT, OLD_CHANGED_AT_EXIT, PATH_KEEP_MAX, PATH_TRUNCATED,
+    PathArg, SEG_EXE, SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, SyscallId,
+    decode::{ContextRecord, LinkRecord},
 };
 #[cfg(test)]
-use link_trace_common::{LinkEventHeader, LinkRecordHeader, PATH_READ_FAILED, RECORD_LINK};
+use link_trace_common::{LinkRecordHeader, PATH_READ_FAILED, RECORD_LINK};
 use serde::{Deserialize, Serialize};
 
 use crate::{clock::WallClock, names, resolve};
@@ -26,9 +27,58 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Record {
     Event(Box<LinkEvent>),
+    /// An unlink or rename call, captured for the rules (`kind: "context"`).
+    Context(Box<ContextEvent>),
     Loss(LossRecord),
     Stats(StatsRecord),
     Alert(Box<AlertRecord>),
+}
+
+/// An unlink, unlinkat, rename, renameat or renameat2 call captured as
+/// context for the stateful rules. In memory it is a `LinkEvent` (so rules
+/// read it like any event) whose link-only parts are empty: no file facts,
+/// exe, namespaces, cgroup, canonical paths or exit-time re-read. For
+/// unlink and unlinkat, `oldpath` is the name removed and `newpath` is
+/// absent. It serializes to the lean `kind: "context"` record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextEvent(pub LinkEvent);
+
+impl Serialize for ContextEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let e = &self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("schema_version", &e.schema_version)?;
+        map.serialize_entry("seq", &e.seq)?;
+        map.serialize_entry("time", &e.time)?;
+        map.serialize_entry("boot_ns", &e.boot_ns)?;
+        map.serialize_entry("duration_ns", &e.duration_ns)?;
+        map.serialize_entry("syscall", e.syscall)?;
+        map.serialize_entry("olddirfd", &e.olddirfd)?;
+        serialize_path_core(&mut map, &e.oldpath)?;
+        if e.has_newpath() {
+            map.serialize_entry("newdirfd", &e.newdirfd)?;
+            serialize_path_core(&mut map, &e.newpath)?;
+        }
+        map.serialize_entry("flags", &e.flags)?;
+        map.serialize_entry("flag_names", &e.flag_names)?;
+        map.serialize_entry("ret", &e.ret)?;
+        map.serialize_entry("success", &e.success)?;
+        map.serialize_entry("errno", &e.errno)?;
+        map.serialize_entry("pid", &e.pid)?;
+        map.serialize_entry("tid", &e.tid)?;
+        map.serialize_entry("uid", &e.uid)?;
+        map.serialize_entry("gid", &e.gid)?;
+        map.serialize_entry("comm", &e.comm)?;
+        if let Some(b64) = &e.comm_b64 {
+            map.serialize_entry("comm_b64", b64)?;
+        }
+        map.serialize_entry("euid", &e.process.euid)?;
+        map.serialize_entry("egid", &e.process.egid)?;
+        map.serialize_entry("fsuid", &e.process.fsuid)?;
+        map.serialize_entry("fsgid", &e.process.fsgid)?;
+        map.end()
+    }
 }
 
 /// A detection rule matched: see `rules`. Raised right after the event that
@@ -48,6 +98,12 @@ pub struct AlertRecord {
     /// The events that triggered the alert, oldest first; the last one
     /// completed the match.
     pub event_seqs: Vec<u64>,
+    /// `seq` of the context records (unlink, rename) among the triggers,
+    /// oldest first; empty when only link events triggered it.
+    pub context_seqs: Vec<u64>,
+    /// The syscall of the record that completed the match: the last of
+    /// `event_seqs` for link and linkat, else the last of `context_seqs`.
+    pub syscall: &'static str,
     /// The last triggering event's caller and paths, for convenience.
     pub pid: u32,
     pub uid: u32,
@@ -60,26 +116,50 @@ impl Record {
     pub fn is_event(&self) -> bool {
         matches!(self, Record::Event(_))
     }
+
+    pub fn is_context(&self) -> bool {
+        matches!(self, Record::Context(_))
+    }
 }
 
-/// Closes a stage's input queue and counts the events still in it: its
-/// output is gone, so they will never be delivered.
-pub fn close_and_count_events(rx: &mut tokio::sync::mpsc::Receiver<Record>) -> u64 {
-    rx.close();
-    let mut events = 0;
-    while let Ok(record) = rx.try_recv() {
-        events += u64::from(record.is_event());
+/// Events and context records that will never be delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Undelivered {
+    pub events: u64,
+    pub context: u64,
+}
+
+impl Undelivered {
+    pub fn count(&mut self, record: &Record) {
+        self.events += u64::from(record.is_event());
+        self.context += u64::from(record.is_context());
     }
-    events
+
+    pub fn add(&mut self, other: Undelivered) {
+        self.events += other.events;
+        self.context += other.context;
+    }
+}
+
+/// Closes a stage's input queue and counts the events and context records
+/// still in it: its output is gone, so they will never be delivered.
+pub fn close_and_count(rx: &mut tokio::sync::mpsc::Receiver<Record>) -> Undelivered {
+    rx.close();
+    let mut undelivered = Undelivered::default();
+    while let Ok(record) = rx.try_recv() {
+        undelivered.count(&record);
+    }
+    undelivered
 }
 
 /// Periodic totals (and one at exit): what the kernel handed over, what the
-/// daemon decoded, and every loss reason per CPU.
+/// daemon decoded, and every loss reason per CPU, for link events and, in
+/// the `context_*` fields, for context records (unlink, rename).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsRecord {
     pub schema_version: u32,
     pub time: String,
-    /// Records the kernel put in the ring buffer since start.
+    /// Link event records the kernel put in the ring buffer since start.
     pub kernel_submitted: u64,
     pub events_decoded: u64,
     pub decode_errors: u64,
@@ -87,6 +167,13 @@ pub struct StatsRecord {
     /// Each output in service: what it delivered and what it dropped.
     #[serde(default)]
     pub sinks: Vec<crate::sink::SinkReport>,
+    /// The same for context records; absent in recordings of older versions.
+    #[serde(default)]
+    pub context_submitted: u64,
+    #[serde(default)]
+    pub context_decoded: u64,
+    #[serde(default)]
+    pub context_losses: Vec<LossCount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -286,22 +373,27 @@ fn serialize_bytes<M: serde::ser::SerializeMap>(
     Ok(())
 }
 
+/// The fields a path has in both events and context records: the argument,
+/// its truncation and read error, and its resolution.
+fn serialize_path_core<M: serde::ser::SerializeMap, P: PathPrefix>(
+    map: &mut M,
+    path: &PathField<P>,
+) -> Result<(), M::Error> {
+    let n = &P::NAMES;
+    serialize_bytes(map, n.path, n.b64, path.bytes.as_deref())?;
+    map.serialize_entry(n.truncated, &path.truncated)?;
+    map.serialize_entry(n.error, &path.error)?;
+    serialize_bytes(map, n.resolved, n.resolved_b64, path.resolved.as_deref())?;
+    map.serialize_entry(n.resolution, path.resolution)?;
+    map.serialize_entry(n.resolution_error, &path.resolution_error)
+}
+
 impl<P: PathPrefix> Serialize for PathField<P> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let n = &P::NAMES;
         let mut map = serializer.serialize_map(None)?;
-        serialize_bytes(&mut map, n.path, n.b64, self.bytes.as_deref())?;
-        map.serialize_entry(n.truncated, &self.truncated)?;
-        map.serialize_entry(n.error, &self.error)?;
-        serialize_bytes(
-            &mut map,
-            n.resolved,
-            n.resolved_b64,
-            self.resolved.as_deref(),
-        )?;
-        map.serialize_entry(n.resolution, self.resolution)?;
-        map.serialize_entry(n.resolution_error, &self.resolution_error)?;
+        serialize_path_core(&mut map, self)?;
         serialize_bytes(&mut map, n.at_exit, n.at_exit_b64, self.at_exit.as_deref())?;
         serialize_bytes(
             &mut map,
@@ -351,11 +443,25 @@ pub enum LossReason {
     DecodeError,
 }
 
+/// Which records a loss is of.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// Link events (`kind: "event"`).
+    #[default]
+    Event,
+    /// Context records (`kind: "context"`: unlink, rename).
+    Context,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LossRecord {
     pub schema_version: u32,
     pub time: String,
     pub reason: LossReason,
+    /// Absent in recordings of older versions, which had link events only.
+    #[serde(default)]
+    pub record_kind: RecordKind,
     /// Events lost for this reason since the previous loss record.
     pub count: u64,
     /// Events lost for this reason since the tracer started.
@@ -436,29 +542,86 @@ fn path_field<P>(
     field
 }
 
+/// The bases as the decoder should trust them: a walk longer than a segment
+/// holds leaves garbage, reported as too_long. Also which segment holds the
+/// new path's base (the old one's when the kernel found them equal).
+fn checked_bases(
+    walked_len: &[u16],
+    old: &BaseInfo,
+    new: &BaseInfo,
+) -> (BaseInfo, BaseInfo, usize) {
+    let too_long = |base: &BaseInfo, index: usize| {
+        let mut base = *base;
+        if walked_len
+            .get(index)
+            .is_some_and(|&len| len as usize > PATH_KEEP_MAX)
+        {
+            base.error = link_trace_common::RESOLVE_TOO_LONG;
+        }
+        base
+    };
+    let new_base_index = if new.flags & BASE_SAME_AS_OLD != 0 {
+        SEG_OLD_BASE
+    } else {
+        SEG_NEW_BASE
+    };
+    (
+        too_long(old, SEG_OLD_BASE),
+        too_long(new, new_base_index),
+        new_base_index,
+    )
+}
+
 impl LinkEvent {
+    /// What every captured call has: time, syscall, arguments, result and
+    /// caller; process context and file facts empty.
+    fn from_call(
+        h: &LinkEventHeader,
+        syscall: SyscallId,
+        seq: u64,
+        clock: &WallClock,
+        oldpath: PathField<Old>,
+        newpath: PathField<New>,
+    ) -> Self {
+        let comm = encode_bytes(trim_nul(&h.comm));
+        Self {
+            schema_version: SCHEMA_VERSION,
+            seq,
+            time: clock.rfc3339(h.enter_boot_ns),
+            boot_ns: h.enter_boot_ns,
+            duration_ns: h.exit_boot_ns.saturating_sub(h.enter_boot_ns),
+            syscall: syscall.name(),
+            olddirfd: h.olddirfd,
+            oldpath,
+            newdirfd: h.newdirfd,
+            newpath,
+            flags: h.flags,
+            flag_names: names::flag_names_of(syscall, h.flags),
+            ret: h.ret,
+            success: h.ret == 0,
+            errno: (h.ret < 0).then(|| names::errno_name(h.ret.unsigned_abs() as i32)),
+            pid: h.tgid,
+            tid: h.tid,
+            uid: h.uid,
+            gid: h.gid,
+            comm: comm.text,
+            comm_b64: comm.b64,
+            args_changed: false,
+            process: ProcessInfo::default(),
+            file: None,
+            file_error: None,
+            new_file: None,
+            inode_mismatch: None,
+        }
+    }
+
     pub fn from_record(record: &LinkRecord<'_>, seq: u64, clock: &WallClock) -> Self {
         let full = &record.header;
         let h = &full.call;
-        let success = h.ret == 0;
-        let comm = encode_bytes(trim_nul(&h.comm));
         let seg = &record.segments;
-        // A walk longer than a segment holds leaves garbage: report too_long.
         let fits = |index: usize| full.walked_len[index] as usize <= PATH_KEEP_MAX;
-        let too_long = |base: &BaseInfo, index: usize| {
-            let mut base = *base;
-            if !fits(index) {
-                base.error = link_trace_common::RESOLVE_TOO_LONG;
-            }
-            base
-        };
-        let new_base_index = if full.new_base.flags & BASE_SAME_AS_OLD != 0 {
-            SEG_OLD_BASE
-        } else {
-            SEG_NEW_BASE
-        };
-        let old_base = too_long(&full.old_base, SEG_OLD_BASE);
-        let new_base = too_long(&full.new_base, new_base_index);
+        let (old_base, new_base, new_base_index) =
+            checked_bases(&full.walked_len, &full.old_base, &full.new_base);
         let changed = |bit: u32| full.toctou & bit != 0;
         let p = &full.process;
         let has = |bit: u32| p.valid & bit != 0;
@@ -476,65 +639,87 @@ impl LinkEvent {
                 f.nlink,
             )
         });
-        Self {
-            schema_version: SCHEMA_VERSION,
+        let mut event = Self::from_call(
+            h,
+            record.syscall,
             seq,
-            time: clock.rfc3339(h.enter_boot_ns),
-            boot_ns: h.enter_boot_ns,
-            duration_ns: h.exit_boot_ns.saturating_sub(h.enter_boot_ns),
-            syscall: match record.syscall {
-                SyscallId::Link => "link",
-                SyscallId::Linkat => "linkat",
-            },
-            olddirfd: h.olddirfd,
-            oldpath: path_field(
+            clock,
+            path_field(
                 record.old_path,
                 &h.old,
                 &old_base,
                 seg[SEG_OLD_BASE],
                 changed(OLD_CHANGED_AT_EXIT).then_some(seg[SEG_OLD_AT_EXIT]),
             ),
-            newdirfd: h.newdirfd,
-            newpath: path_field(
+            path_field(
                 record.new_path,
                 &h.new,
                 &new_base,
                 seg[new_base_index],
                 changed(NEW_CHANGED_AT_EXIT).then_some(seg[SEG_NEW_AT_EXIT]),
             ),
-            flags: h.flags,
-            flag_names: names::flag_names(h.flags),
-            ret: h.ret,
-            success,
-            errno: (h.ret < 0).then(|| names::errno_name(h.ret.unsigned_abs() as i32)),
-            pid: h.tgid,
-            tid: h.tid,
-            uid: h.uid,
-            gid: h.gid,
-            comm: comm.text,
-            comm_b64: comm.b64,
-            args_changed: changed(OLD_CHANGED_AT_EXIT | NEW_CHANGED_AT_EXIT),
-            process: ProcessInfo {
-                ppid: has(CTX_PPID).then_some(p.ppid),
-                euid: has(CTX_CREDS).then_some(p.euid),
-                egid: has(CTX_CREDS).then_some(p.egid),
-                fsuid: has(CTX_CREDS).then_some(p.fsuid),
-                fsgid: has(CTX_CREDS).then_some(p.fsgid),
-                auid: audit(p.auid),
-                sessionid: audit(p.sessionid),
-                exe: exe.as_ref().map(|e| e.text.clone()),
-                exe_b64: exe.and_then(|e| e.b64),
-                cgroup_id: p.cgroup_id,
-                cgroup_path: None,
-                container_id: None,
-                mnt_ns: has(CTX_MNT_NS).then_some(p.mnt_ns),
-                pid_ns: has(CTX_PID_NS).then_some(p.pid_ns),
-            },
-            file,
-            file_error: None,
-            new_file: None,
-            inode_mismatch: None,
+        );
+        event.args_changed = changed(OLD_CHANGED_AT_EXIT | NEW_CHANGED_AT_EXIT);
+        event.process = ProcessInfo {
+            ppid: has(CTX_PPID).then_some(p.ppid),
+            euid: has(CTX_CREDS).then_some(p.euid),
+            egid: has(CTX_CREDS).then_some(p.egid),
+            fsuid: has(CTX_CREDS).then_some(p.fsuid),
+            fsgid: has(CTX_CREDS).then_some(p.fsgid),
+            auid: audit(p.auid),
+            sessionid: audit(p.sessionid),
+            exe: exe.as_ref().map(|e| e.text.clone()),
+            exe_b64: exe.and_then(|e| e.b64),
+            cgroup_id: p.cgroup_id,
+            cgroup_path: None,
+            container_id: None,
+            mnt_ns: has(CTX_MNT_NS).then_some(p.mnt_ns),
+            pid_ns: has(CTX_PID_NS).then_some(p.pid_ns),
+        };
+        event.file = file;
+        event
+    }
+
+    /// An unlink or rename record: paths, bases and credentials only.
+    pub fn from_context_record(record: &ContextRecord<'_>, seq: u64, clock: &WallClock) -> Self {
+        let full = &record.header;
+        let h = &full.call;
+        let seg = &record.segments;
+        let (old_base, new_base, new_base_index) =
+            checked_bases(&full.walked_len, &full.old_base, &full.new_base);
+        let newpath = if record.syscall.has_new_path() {
+            path_field(
+                record.new_path,
+                &h.new,
+                &new_base,
+                seg[new_base_index],
+                None,
+            )
+        } else {
+            PathField::new(None, false, None)
+        };
+        let oldpath = path_field(record.old_path, &h.old, &old_base, seg[SEG_OLD_BASE], None);
+        let mut event = Self::from_call(h, record.syscall, seq, clock, oldpath, newpath);
+        if full.creds_valid == 1 {
+            let p = &mut event.process;
+            (p.euid, p.egid, p.fsuid, p.fsgid) = (
+                Some(full.euid),
+                Some(full.egid),
+                Some(full.fsuid),
+                Some(full.fsgid),
+            );
         }
+        event
+    }
+
+    /// A context record (unlink, rename), not a link event.
+    pub fn is_context(&self) -> bool {
+        !matches!(self.syscall, "link" | "linkat")
+    }
+
+    /// Whether the call takes a new name (link and rename; unlink does not).
+    pub fn has_newpath(&self) -> bool {
+        !matches!(self.syscall, "unlink" | "unlinkat")
     }
 }
 

@@ -7,9 +7,11 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use link_trace_common::{FILTER_COMM, FILTER_TGID, FILTER_UID, KernelOffsets, TASK_COMM_LEN};
+use link_trace_common::{
+    FILTER_COMM, FILTER_TGID, FILTER_UID, KernelOffsets, SyscallId, TASK_COMM_LEN,
+};
 
-use crate::config::Settings;
+use crate::{config::Settings, rules::SyscallSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -40,12 +42,106 @@ const ATTACHMENTS: [(&str, &[&str]); 3] = [
     ("link_exit", &["sys_exit_link", "sys_exit_linkat"]),
 ];
 
+/// The context syscalls: (syscall, entry program, entry and exit tracepoint).
+/// Their exits go to the link exit program, already loaded. Loaded and
+/// attached on demand (`ContextProbes::attach`), so a run that needs none
+/// pays neither their verification nor their probes on every unlink.
+const CONTEXT_ATTACHMENTS: [(SyscallId, &str, &str, &str); 5] = [
+    (
+        SyscallId::Unlink,
+        "unlink_enter",
+        "sys_enter_unlink",
+        "sys_exit_unlink",
+    ),
+    (
+        SyscallId::Unlinkat,
+        "unlinkat_enter",
+        "sys_enter_unlinkat",
+        "sys_exit_unlinkat",
+    ),
+    (
+        SyscallId::Rename,
+        "rename_enter",
+        "sys_enter_rename",
+        "sys_exit_rename",
+    ),
+    (
+        SyscallId::Renameat,
+        "renameat_enter",
+        "sys_enter_renameat",
+        "sys_exit_renameat",
+    ),
+    (
+        SyscallId::Renameat2,
+        "renameat2_enter",
+        "sys_enter_renameat2",
+        "sys_exit_renameat2",
+    ),
+];
+const CONTEXT_EXIT: &str = "link_exit";
+
+/// link(2)'s number, for the exit program's loss accounting; the newer
+/// architectures have only linkat.
+#[cfg(any(target_arch = "x86_64", target_arch = "x86", target_arch = "arm"))]
+const LINK_NR: i32 = libc::SYS_link as i32;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "x86", target_arch = "arm")))]
+const LINK_NR: i32 = -1;
+
 /// The loaded programs. Dropping `programs` detaches every tracepoint; the
 /// maps taken out of it stay usable, so the ring can be drained afterwards.
 pub struct Tracer {
     pub programs: Option<Ebpf>,
     pub ring: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub context: ContextProbes,
+}
+
+/// Which context syscalls (unlink, rename) are captured.
+#[derive(Debug, Default)]
+pub struct ContextProbes {
+    /// Context syscalls whose tracepoints are attached.
+    pub attached: SyscallSet,
+    /// Context syscalls this kernel has no tracepoints for (e.g. unlink and
+    /// rename on arm64, which only has the *at forms).
+    pub unavailable: SyscallSet,
+}
+
+impl ContextProbes {
+    /// Loads and attaches the programs of the context syscalls in `wanted`
+    /// that are not attached yet (entry before exit, so no exit of a traced
+    /// call goes unmatched because of the order); returns those it attached.
+    /// Syscalls without tracepoints here are skipped and remembered in
+    /// `unavailable`. Nothing is detached: a syscall attached once stays
+    /// attached for the run. `programs` is the tracer's (None once detached).
+    /// The exit program is the link exit, loaded by `load`.
+    pub fn attach(
+        &mut self,
+        programs: Option<&mut Ebpf>,
+        wanted: SyscallSet,
+    ) -> Result<SyscallSet, LoadError> {
+        let Some(ebpf) = programs else {
+            return Ok(SyscallSet::EMPTY);
+        };
+        let missing = wanted
+            .intersection(SyscallSet::CONTEXT)
+            .without(self.attached)
+            .without(self.unavailable);
+        let mut attached = SyscallSet::EMPTY;
+        for (syscall, program, enter, exit) in CONTEXT_ATTACHMENTS {
+            if !missing.overlaps(SyscallSet::of(syscall)) {
+                continue;
+            }
+            if !tracepoint_exists(enter) || !tracepoint_exists(exit) {
+                self.unavailable = self.unavailable.union(SyscallSet::of(syscall));
+                continue;
+            }
+            attach_program(ebpf, program, &[enter], true)?;
+            attach_program(ebpf, CONTEXT_EXIT, &[exit], false)?;
+            attached = attached.union(SyscallSet::of(syscall));
+        }
+        self.attached = self.attached.union(attached);
+        Ok(attached)
+    }
 }
 
 /// Where syscall tracepoints live; aya looks in both places.
@@ -136,6 +232,8 @@ pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
         .override_global("OFFSETS", &offsets, true)
         .map_max_entries("OUT", cpu_slots)
         .override_global("TRACER_TGID", &tracer_tgid, true)
+        .override_global("LINK_NR", &LINK_NR, true)
+        .override_global("LINKAT_NR", &(libc::SYS_linkat as i32), true)
         .override_global("FILTER_FLAGS", &filter_flags, true)
         .map_max_entries("EVENTS", cli.ring_bytes)
         .load(aya::include_bytes_aligned!(concat!(
@@ -153,24 +251,39 @@ pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
     let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
 
     for (program, tracepoints) in ATTACHMENTS {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| LoadError::Load(format!("program {program} missing from the object")))?
-            .try_into()
-            .map_err(|e| LoadError::Load(crate::error_chain(&e)))?;
-        prog.load()
-            .map_err(|e| LoadError::Load(format!("{program}: {}", crate::error_chain(&e))))?;
-        for tracepoint in tracepoints {
-            prog.attach("syscalls", tracepoint).map_err(|e| {
-                setup_err(format!("attach syscalls:{tracepoint}"))(crate::error_chain(&e))
-            })?;
-        }
+        attach_program(&mut ebpf, program, tracepoints, true)?;
     }
     Ok(Tracer {
         programs: Some(ebpf),
         ring,
         stats,
+        context: ContextProbes::default(),
     })
+}
+
+/// Loads `program` (the kernel verifies it) when `load` is set, and
+/// attaches it to each of `tracepoints` in the `syscalls` category.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    program: &str,
+    tracepoints: &[&str],
+    load: bool,
+) -> Result<(), LoadError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| LoadError::Load(format!("program {program} missing from the object")))?
+        .try_into()
+        .map_err(|e| LoadError::Load(crate::error_chain(&e)))?;
+    if load {
+        prog.load()
+            .map_err(|e| LoadError::Load(format!("{program}: {}", crate::error_chain(&e))))?;
+    }
+    for tracepoint in tracepoints {
+        prog.attach("syscalls", tracepoint).map_err(|e| {
+            setup_err(format!("attach syscalls:{tracepoint}"))(crate::error_chain(&e))
+        })?;
+    }
+    Ok(())
 }
 
 fn take_map<T, E: std::error::Error + 'static>(

@@ -1,19 +1,45 @@
-//! Names for linkat flags, errno values and dirfds.
+//! Names for the flags of linkat, unlinkat and renameat2, errno values and
+//! dirfds.
 
 use std::borrow::Cow;
+
+use link_trace_common::SyscallId;
 
 pub const AT_SYMLINK_FOLLOW: u32 = libc::AT_SYMLINK_FOLLOW as u32;
 pub const AT_EMPTY_PATH: u32 = libc::AT_EMPTY_PATH as u32;
 
-/// Decoded flag names; bits link-trace has no name for are kept as one
+const LINKAT_FLAGS: &[(u32, &str)] = &[
+    (AT_SYMLINK_FOLLOW, "AT_SYMLINK_FOLLOW"),
+    (AT_EMPTY_PATH, "AT_EMPTY_PATH"),
+];
+const UNLINKAT_FLAGS: &[(u32, &str)] = &[(libc::AT_REMOVEDIR as u32, "AT_REMOVEDIR")];
+const RENAMEAT2_FLAGS: &[(u32, &str)] = &[
+    (libc::RENAME_NOREPLACE, "RENAME_NOREPLACE"),
+    (libc::RENAME_EXCHANGE, "RENAME_EXCHANGE"),
+    (libc::RENAME_WHITEOUT, "RENAME_WHITEOUT"),
+];
+
+/// Decoded linkat flag names; bits link-trace has no name for are kept as one
 /// hex entry (`"0x8"`), so nothing the caller passed disappears.
 pub fn flag_names(flags: u32) -> Vec<Cow<'static, str>> {
+    named_bits(flags, LINKAT_FLAGS)
+}
+
+/// The flag names of `syscall`'s flags argument (the syscalls without one
+/// report 0, hence no names).
+pub fn flag_names_of(syscall: SyscallId, flags: u32) -> Vec<Cow<'static, str>> {
+    let table = match syscall {
+        SyscallId::Unlinkat => UNLINKAT_FLAGS,
+        SyscallId::Renameat2 => RENAMEAT2_FLAGS,
+        _ => LINKAT_FLAGS,
+    };
+    named_bits(flags, table)
+}
+
+fn named_bits(flags: u32, table: &[(u32, &'static str)]) -> Vec<Cow<'static, str>> {
     let mut names = Vec::new();
     let mut rest = flags;
-    for (bit, name) in [
-        (AT_SYMLINK_FOLLOW, "AT_SYMLINK_FOLLOW"),
-        (AT_EMPTY_PATH, "AT_EMPTY_PATH"),
-    ] {
+    for &(bit, name) in table {
         if rest & bit != 0 {
             names.push(Cow::Borrowed(name));
             rest &= !bit;
@@ -71,6 +97,20 @@ mod tests {
         assert_eq!(flag_names(0x1400), ["AT_SYMLINK_FOLLOW", "AT_EMPTY_PATH"]);
         assert_eq!(flag_names(0x1008), ["AT_EMPTY_PATH", "0x8"]);
         assert_eq!(flag_names(0x8000_0000), ["0x80000000"]);
+    }
+
+    #[test]
+    fn names_unlinkat_and_renameat2_flags() {
+        assert_eq!(flag_names_of(SyscallId::Unlinkat, 0x200), ["AT_REMOVEDIR"]);
+        assert_eq!(
+            flag_names_of(SyscallId::Renameat2, 0x3),
+            ["RENAME_NOREPLACE", "RENAME_EXCHANGE"]
+        );
+        assert_eq!(
+            flag_names_of(SyscallId::Renameat2, 0x4 | 0x10),
+            ["RENAME_WHITEOUT", "0x10"]
+        );
+        assert_eq!(flag_names_of(SyscallId::Linkat, 0x400), flag_names(0x400));
     }
 
     #[test]

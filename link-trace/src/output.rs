@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use crate::event::{AlertRecord, LinkEvent, Record};
+use crate::event::{AlertRecord, LinkEvent, Record, RecordKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -21,6 +21,7 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
         }
         Format::Text => match record {
             Record::Event(event) => text_event(event, line),
+            Record::Context(context) => text_context(&context.0, line),
             Record::Stats(stats) => {
                 let lost: u64 = stats.losses.iter().map(|l| l.total).sum();
                 let _ = write!(
@@ -30,9 +31,13 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
                 );
             }
             Record::Loss(loss) => {
+                let what = match loss.record_kind {
+                    RecordKind::Event => "event(s)",
+                    RecordKind::Context => "context record(s)",
+                };
                 let _ = write!(
                     line,
-                    "{} LOST {} event(s): {:?} (total {})",
+                    "{} LOST {} {what}: {:?} (total {})",
                     loss.time, loss.count, loss.reason, loss.total
                 );
             }
@@ -43,26 +48,46 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
 }
 
 fn text_event(e: &LinkEvent, line: &mut Vec<u8>) {
+    let _ = write!(line, "{} #{} ", e.time, e.seq);
+    text_call(e, line);
+}
+
+/// `TIME ctx#SEQ unlinkat … path=AT_FDCWD:"x" = 0`: context records are
+/// numbered apart from events, hence the prefix.
+fn text_context(e: &LinkEvent, line: &mut Vec<u8>) {
+    let _ = write!(line, "{} ctx#{} ", e.time, e.seq);
+    text_call(e, line);
+}
+
+fn text_call(e: &LinkEvent, line: &mut Vec<u8>) {
     let _ = write!(
         line,
-        "{} #{} {} pid={} tid={} uid={} gid={} comm=",
-        e.time, e.seq, e.syscall, e.pid, e.tid, e.uid, e.gid
+        "{} pid={} tid={} uid={} gid={} comm=",
+        e.syscall, e.pid, e.tid, e.uid, e.gid
     );
     escaped(e.comm.as_bytes(), line);
-    let _ = write!(line, " old={}:", crate::names::dirfd_label(e.olddirfd));
+    // unlink's one path is the name it removes: "path=", not "old=".
+    let old_label = if e.has_newpath() { "old" } else { "path" };
+    let _ = write!(
+        line,
+        " {old_label}={}:",
+        crate::names::dirfd_label(e.olddirfd)
+    );
     path_text(
         &e.oldpath.bytes,
         e.oldpath.truncated,
         e.oldpath.error.as_deref(),
         line,
     );
-    let _ = write!(line, " new={}:", crate::names::dirfd_label(e.newdirfd));
-    path_text(
-        &e.newpath.bytes,
-        e.newpath.truncated,
-        e.newpath.error.as_deref(),
-        line,
-    );
+    if e.has_newpath() {
+        let _ = write!(line, " new={}:", crate::names::dirfd_label(e.newdirfd));
+        path_text(
+            &e.newpath.bytes,
+            e.newpath.truncated,
+            e.newpath.error.as_deref(),
+            line,
+        );
+    }
     if e.flags != 0 {
         let _ = write!(line, " flags={}", e.flag_names.join("|"));
     }
@@ -75,7 +100,12 @@ fn text_event(e: &LinkEvent, line: &mut Vec<u8>) {
 }
 
 fn text_alert(a: &AlertRecord, line: &mut Vec<u8>) {
-    let seqs: Vec<String> = a.event_seqs.iter().map(|s| format!("#{s}")).collect();
+    let seqs: Vec<String> = a
+        .event_seqs
+        .iter()
+        .map(|s| format!("#{s}"))
+        .chain(a.context_seqs.iter().map(|s| format!("ctx#{s}")))
+        .collect();
     let _ = write!(
         line,
         "{} ALERT {} [{}] {} mitre={} events={} pid={} uid={} comm=",
@@ -162,6 +192,8 @@ mod tests {
             tags: vec![],
             message: "linked /a -> /b\nc".into(),
             event_seqs: vec![4, 9],
+            context_seqs: vec![2],
+            syscall: "linkat",
             pid: 7,
             uid: 1000,
             comm: "ln".into(),
@@ -172,7 +204,32 @@ mod tests {
         render(Format::Text, &Record::Alert(Box::new(alert)), &mut line);
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "2026-01-01T00:00:00.000000000Z ALERT HIGH [setuid-link] Setuid file linked mitre=T1548.001 events=#4,#9 pid=7 uid=1000 comm=\"ln\": linked /a -> /b\\nc\n"
+            "2026-01-01T00:00:00.000000000Z ALERT HIGH [setuid-link] Setuid file linked mitre=T1548.001 events=#4,#9,ctx#2 pid=7 uid=1000 comm=\"ln\": linked /a -> /b\\nc\n"
+        );
+    }
+
+    #[test]
+    fn context_records_read_as_their_syscall_with_their_own_numbering() {
+        let mut unlink = crate::event::sample_event(Some(b"x\n"), None, -1);
+        unlink.syscall = "unlinkat";
+        unlink.flags = 0x200;
+        unlink.flag_names = vec!["AT_REMOVEDIR".into()];
+        let mut line = Vec::new();
+        let record = Record::Context(Box::new(crate::event::ContextEvent(unlink)));
+        render(Format::Text, &record, &mut line);
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.ends_with(
+                " ctx#3 unlinkat pid=7 tid=8 uid=1000 gid=100 comm=\"ln\" path=AT_FDCWD:\"x\\n\" flags=AT_REMOVEDIR = -1 EPERM\n"
+            ),
+            "{line}"
+        );
+        let mut json = Vec::new();
+        render(Format::Json, &record, &mut json);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            (value["kind"].as_str(), value["seq"].as_u64()),
+            (Some("context"), Some(3))
         );
     }
 

@@ -1,6 +1,7 @@
 //! `link-trace replay FILE.jsonl`: the rules run over recorded events.
 //!
-//! Reads the JSON lines `link-trace --json` wrote, rebuilds each event, runs
+//! Reads the JSON lines `link-trace --json` wrote, rebuilds each event and
+//! context record (unlink, rename: recorded with `--context-events`), runs
 //! it through the same detection stage as the daemon and prints the records
 //! again with the alerts they raise. Windows are timed by the recorded
 //! `boot_ns`, so a replay is deterministic. Alerts already in the input are
@@ -12,11 +13,12 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use link_trace_common::SyscallId;
 use serde_json::Value;
 
 use crate::{
     detect::{DetectSummary, Detector},
-    event::{FileInfo, LinkEvent, PathField, ProcessInfo, Record},
+    event::{ContextEvent, FileInfo, LinkEvent, PathField, ProcessInfo, Record},
     output::{Format, render},
     resolve,
 };
@@ -161,6 +163,35 @@ fn file_of(v: &Value, name: &'static str) -> Result<Option<FileInfo>> {
 
 /// Rebuilds an event from its JSON form; the inverse of serializing one.
 pub fn event_from_json(v: &Value) -> Result<LinkEvent> {
+    call_from_json(
+        v,
+        SyscallId::ALL
+            .into_iter()
+            .filter(|id| !id.is_context())
+            .map(SyscallId::name),
+    )
+}
+
+/// Rebuilds a context record (unlink, rename) from its lean JSON form; the
+/// fields it does not carry stay empty, as they are in the live record.
+pub fn context_from_json(v: &Value) -> Result<LinkEvent> {
+    call_from_json(
+        v,
+        SyscallId::ALL
+            .into_iter()
+            .filter(|id| id.is_context())
+            .map(SyscallId::name),
+    )
+}
+
+/// An event or context record whose syscall is one of `syscalls`; absent
+/// nullable fields count as null, and unlink has no new path.
+fn call_from_json(
+    v: &Value,
+    syscalls: impl IntoIterator<Item = &'static str>,
+) -> Result<LinkEvent> {
+    let syscall = known("syscall", str_of(v, "syscall")?, syscalls)?;
+    let has_new = SyscallId::from_name(syscall).is_some_and(SyscallId::has_new_path);
     let flag_names = field(v, "flag_names")?
         .as_array()
         .ok_or(ReplayError::Field("flag_names"))?
@@ -174,11 +205,15 @@ pub fn event_from_json(v: &Value) -> Result<LinkEvent> {
         time: str_of(v, "time")?.to_owned(),
         boot_ns: u64_of(v, "boot_ns")?,
         duration_ns: u64_of(v, "duration_ns")?,
-        syscall: known("syscall", str_of(v, "syscall")?, ["link", "linkat"])?,
+        syscall,
         olddirfd: i32_of(v, "olddirfd")?,
         oldpath: path_field!(v, "oldpath"),
-        newdirfd: i32_of(v, "newdirfd")?,
-        newpath: path_field!(v, "newpath"),
+        newdirfd: if has_new { i32_of(v, "newdirfd")? } else { 0 },
+        newpath: if has_new {
+            path_field!(v, "newpath")
+        } else {
+            PathField::new(None, false, None)
+        },
         flags: u32_of(v, "flags")?,
         flag_names,
         ret: i64_of(v, "ret")?,
@@ -224,6 +259,7 @@ pub fn record_from_line(line: &str) -> Result<Option<Record>> {
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
     Ok(Some(match kind {
         "event" => Record::Event(Box::new(event_from_json(&v)?)),
+        "context" => Record::Context(Box::new(ContextEvent(context_from_json(&v)?))),
         "loss" => Record::Loss(from_value(v)?),
         "stats" => Record::Stats(from_value(v)?),
         "alert" => return Ok(None),

@@ -1,11 +1,11 @@
 //! Kernel-side counters and the `loss` records derived from them.
 
 use aya::maps::{MapData, PerCpuArray};
-use link_trace_common::{STAT_COUNT, Stat};
+use link_trace_common::{CONTEXT_STATS, STATS_ENTRIES, Stat};
 
 use crate::{
     clock::WallClock,
-    event::{LossCount, LossReason, LossRecord, SCHEMA_VERSION, StatsRecord},
+    event::{LossCount, LossReason, LossRecord, RecordKind, SCHEMA_VERSION, StatsRecord},
 };
 
 /// Kernel counters that mean an event was lost, with their reported reason.
@@ -17,7 +17,19 @@ pub const KERNEL_LOSSES: [(Stat, LossReason); 5] = [
     (Stat::ArgReadFailed, LossReason::ArgReadFailed),
 ];
 
-pub type KernelCounters = [u64; STAT_COUNT as usize];
+/// Link event counters at `Stat as usize`, context records' at
+/// `CONTEXT_STATS + Stat as usize`.
+pub type KernelCounters = [u64; STATS_ENTRIES as usize];
+
+/// Where a kind's counter of `stat` is.
+pub fn index(kind: RecordKind, stat: Stat) -> usize {
+    match kind {
+        RecordKind::Event => stat as usize,
+        RecordKind::Context => (CONTEXT_STATS + stat as u32) as usize,
+    }
+}
+
+const KINDS: [RecordKind; 2] = [RecordKind::Event, RecordKind::Context];
 
 /// The kernel's counters, per CPU as the kernel keeps them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -27,7 +39,7 @@ pub struct KernelStats {
 
 impl KernelStats {
     pub fn totals(&self) -> KernelCounters {
-        let mut totals = [0u64; STAT_COUNT as usize];
+        let mut totals = [0u64; STATS_ENTRIES as usize];
         for cpu in &self.per_cpu {
             for (total, value) in totals.iter_mut().zip(cpu) {
                 *total += value;
@@ -39,10 +51,10 @@ impl KernelStats {
 
 pub fn read_kernel(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, aya::maps::MapError> {
     let mut per_cpu: Vec<KernelCounters> = Vec::new();
-    for index in 0..STAT_COUNT {
+    for index in 0..STATS_ENTRIES {
         for (cpu, value) in stats.get(&index, 0)?.iter().enumerate() {
             if per_cpu.len() <= cpu {
-                per_cpu.resize(cpu + 1, [0; STAT_COUNT as usize]);
+                per_cpu.resize(cpu + 1, [0; STATS_ENTRIES as usize]);
             }
             per_cpu[cpu][index as usize] = *value;
         }
@@ -50,34 +62,46 @@ pub fn read_kernel(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, aya
     Ok(KernelStats { per_cpu })
 }
 
-/// A `stats` record: running totals, with every loss reason per CPU.
+/// Records decoded by the daemon, per kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decoded {
+    pub events: u64,
+    pub context: u64,
+}
+
+/// A `stats` record: running totals, with every loss reason per CPU, for
+/// link events and context records apart.
 pub fn stats_record(
     kernel: &KernelStats,
-    decoded: u64,
+    decoded: Decoded,
     decode_errors: u64,
     sinks: Vec<crate::sink::SinkReport>,
     clock: &WallClock,
 ) -> StatsRecord {
     let totals = kernel.totals();
-    let losses = KERNEL_LOSSES
-        .iter()
-        .map(|(stat, reason)| LossCount {
-            reason: *reason,
-            total: totals[*stat as usize],
-            per_cpu: kernel
-                .per_cpu
-                .iter()
-                .map(|cpu| cpu[*stat as usize])
-                .collect(),
-        })
-        .collect();
+    let losses = |kind| {
+        KERNEL_LOSSES
+            .iter()
+            .map(|(stat, reason)| {
+                let at = index(kind, *stat);
+                LossCount {
+                    reason: *reason,
+                    total: totals[at],
+                    per_cpu: kernel.per_cpu.iter().map(|cpu| cpu[at]).collect(),
+                }
+            })
+            .collect()
+    };
     StatsRecord {
         schema_version: SCHEMA_VERSION,
         time: clock.rfc3339(crate::clock::boot_now_ns()),
-        kernel_submitted: totals[Stat::Submitted as usize],
-        events_decoded: decoded,
+        kernel_submitted: totals[index(RecordKind::Event, Stat::Submitted)],
+        events_decoded: decoded.events,
         decode_errors,
-        losses,
+        losses: losses(RecordKind::Event),
+        context_submitted: totals[index(RecordKind::Context, Stat::Submitted)],
+        context_decoded: decoded.context,
+        context_losses: losses(RecordKind::Context),
         sinks,
     }
 }
@@ -100,37 +124,47 @@ impl LossTracker {
         let kernel = kernel.totals();
         let now = clock.rfc3339(crate::clock::boot_now_ns());
         let mut records = Vec::new();
-        let mut report = |reason, total: u64, reported: &mut u64| {
+        let mut report = |reason, record_kind, total: u64, reported: &mut u64| {
             if total > *reported {
                 records.push(LossRecord {
                     schema_version: SCHEMA_VERSION,
                     time: now.clone(),
                     reason,
+                    record_kind,
                     count: total - *reported,
                     total,
                 });
                 *reported = total;
             }
         };
-        for (stat, reason) in KERNEL_LOSSES {
-            let index = stat as usize;
-            report(reason, kernel[index], &mut self.reported_kernel[index]);
+        for kind in KINDS {
+            for (stat, reason) in KERNEL_LOSSES {
+                let at = index(kind, stat);
+                report(reason, kind, kernel[at], &mut self.reported_kernel[at]);
+            }
         }
+        // A record that cannot be decoded has no trustworthy kind: it is
+        // counted against the events.
         report(
             LossReason::DecodeError,
+            RecordKind::Event,
             decode_errors,
             &mut self.reported_decode_errors,
         );
         records
     }
 
-    /// Every event lost so far, for the summary on exit.
+    /// Every event lost so far (kernel and decoder), for the summary on exit.
     pub fn total_lost(&self) -> u64 {
+        self.kernel_lost(RecordKind::Event) + self.reported_decode_errors
+    }
+
+    /// Records of one kind the kernel counted as lost so far.
+    pub fn kernel_lost(&self, kind: RecordKind) -> u64 {
         KERNEL_LOSSES
             .iter()
-            .map(|(stat, _)| self.reported_kernel[*stat as usize])
-            .sum::<u64>()
-            + self.reported_decode_errors
+            .map(|(stat, _)| self.reported_kernel[index(kind, *stat)])
+            .sum()
     }
 }
 
@@ -142,7 +176,7 @@ mod tests {
     fn reports_only_increases_with_running_totals() {
         let clock = WallClock::with_offset(0);
         let mut tracker = LossTracker::default();
-        let mut kernel = [0u64; STAT_COUNT as usize];
+        let mut kernel = [0u64; STATS_ENTRIES as usize];
         let per_cpu = |kernel: &KernelCounters| KernelStats {
             per_cpu: vec![*kernel],
         };
@@ -170,15 +204,19 @@ mod tests {
 
     #[test]
     fn stats_record_sums_cpus_and_keeps_each_one() {
-        let mut cpu0 = [0u64; STAT_COUNT as usize];
-        let mut cpu1 = [0u64; STAT_COUNT as usize];
+        let mut cpu0 = [0u64; STATS_ENTRIES as usize];
+        let mut cpu1 = [0u64; STATS_ENTRIES as usize];
         cpu0[Stat::Submitted as usize] = 10;
         cpu1[Stat::Submitted as usize] = 5;
         cpu1[Stat::RingFull as usize] = 3;
         let stats = KernelStats {
             per_cpu: vec![cpu0, cpu1],
         };
-        let record = stats_record(&stats, 15, 0, Vec::new(), &WallClock::with_offset(0));
+        let decoded = Decoded {
+            events: 15,
+            context: 0,
+        };
+        let record = stats_record(&stats, decoded, 0, Vec::new(), &WallClock::with_offset(0));
         assert_eq!(record.kernel_submitted, 15);
         let ring = record
             .losses
@@ -186,5 +224,43 @@ mod tests {
             .find(|l| l.reason == LossReason::RingFull)
             .unwrap();
         assert_eq!((ring.total, ring.per_cpu.as_slice()), (3, &[0, 3][..]));
+    }
+
+    #[test]
+    fn context_records_are_accounted_apart_from_events() {
+        let clock = WallClock::with_offset(0);
+        let mut kernel = [0u64; STATS_ENTRIES as usize];
+        kernel[index(RecordKind::Event, Stat::Submitted)] = 10;
+        kernel[index(RecordKind::Context, Stat::Submitted)] = 7;
+        kernel[index(RecordKind::Context, Stat::RingFull)] = 4;
+        kernel[index(RecordKind::Event, Stat::ExitWithoutEnter)] = 1;
+        let stats = KernelStats {
+            per_cpu: vec![kernel],
+        };
+        let mut tracker = LossTracker::default();
+        let records = tracker.records(&stats, 0, &clock);
+        let summary: Vec<(LossReason, RecordKind, u64)> = records
+            .iter()
+            .map(|r| (r.reason, r.record_kind, r.count))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (LossReason::ExitWithoutEnter, RecordKind::Event, 1),
+                (LossReason::RingFull, RecordKind::Context, 4)
+            ]
+        );
+        assert_eq!(tracker.total_lost(), 1, "events only");
+        assert_eq!(tracker.kernel_lost(RecordKind::Context), 4);
+
+        let decoded = Decoded {
+            events: 10,
+            context: 7,
+        };
+        let record = stats_record(&stats, decoded, 0, Vec::new(), &clock);
+        assert_eq!((record.kernel_submitted, record.events_decoded), (10, 10));
+        assert_eq!((record.context_submitted, record.context_decoded), (7, 7));
+        let lost = |losses: &[LossCount]| losses.iter().map(|l| l.total).sum::<u64>();
+        assert_eq!((lost(&record.losses), lost(&record.context_losses)), (1, 4));
     }
 }

@@ -45,6 +45,10 @@ const LOAD_RUN: Duration = Duration::from_secs(1);
 const FLOOD_SECONDS: u64 = 10;
 const FLOOD_GENERATORS: usize = 2;
 const LINK_PROGRAMS: [&str; 3] = ["link_enter", "linkat_enter", "link_exit"];
+/// Rules that make link-trace capture unlink and rename: disabled in the
+/// "context off" configuration, so that the alternating rounds measure what
+/// the context capture costs on the same machine in the same minute.
+const NO_CONTEXT_RULES: &str = "disable = [\"sticky-dir-name-churn\", \"link-race-retry\"]\n";
 /// Processes that would skew a round if they ran beside it.
 const FOREIGN: [&str; 3] = ["link-trace", "bpftrace", "bench-load"];
 /// The peer: what a one-line bpftrace watch of linkat would print.
@@ -75,9 +79,14 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
     let load = Load::calibrate()?;
     let load_average_start = load_average();
     let rounds = alternate(&load, rounds)?;
-    let (kernel, flood) = {
+    let (kernel, kernel_no_context, flood) = {
         let _stats = BpfStats::enable()?;
-        (kernel_cost(&load)?, flood(&load)?)
+        let no_context = NoContextRules::create()?;
+        (
+            kernel_cost(&load, &[])?,
+            kernel_cost(&load, &["--rules", no_context.arg()?])?,
+            flood(&load)?,
+        )
     };
     let report = Report {
         load_averages: [load_average_start, load_average()],
@@ -85,6 +94,7 @@ pub fn bench(rounds: usize) -> anyhow::Result<()> {
         load,
         rounds,
         kernel,
+        kernel_no_context,
         flood,
         pipeline,
     };
@@ -485,26 +495,61 @@ fn bpftrace_attached(pid: u32) -> bool {
 enum Config {
     None,
     LinkTrace,
+    /// link-trace with the rules that need unlink and rename disabled, so
+    /// it captures link and linkat only.
+    LinkTraceNoContext,
     Bpftrace,
 }
 
-const CONFIGS: [Config; 3] = [Config::None, Config::LinkTrace, Config::Bpftrace];
+const CONFIGS: [Config; 4] = [
+    Config::None,
+    Config::LinkTrace,
+    Config::LinkTraceNoContext,
+    Config::Bpftrace,
+];
 
 impl Config {
     fn label(self) -> &'static str {
         match self {
             Config::None => "no tracer",
             Config::LinkTrace => "link-trace --json > /dev/null",
+            Config::LinkTraceNoContext => {
+                "link-trace --json --rules no-context.toml > /dev/null (unlink/rename not captured)"
+            }
             Config::Bpftrace => "bpftrace printf pid, comm, both paths > /dev/null",
         }
+    }
+}
+
+/// A rule file that turns context capture off, removed when dropped.
+struct NoContextRules(PathBuf);
+
+impl NoContextRules {
+    fn create() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "link-trace-bench-{}-no-context.toml",
+            std::process::id()
+        ));
+        fs::write(&path, NO_CONTEXT_RULES).with_context(|| format!("write {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    fn arg(&self) -> anyhow::Result<&str> {
+        self.0.to_str().context("temporary path is not UTF-8")
+    }
+}
+
+impl Drop for NoContextRules {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
 /// Per-configuration samples of the alternating rounds.
 struct Rounds {
     count: usize,
-    pairs: [Vec<f64>; 3],
-    getppid: [Vec<f64>; 3],
+    pairs: [Vec<f64>; CONFIGS.len()],
+    getppid: [Vec<f64>; CONFIGS.len()],
     startups: Vec<Duration>,
     /// link-trace's summaries, summed over its rounds.
     link_trace: Summary,
@@ -527,6 +572,7 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
         crowded_runs: 0,
         foreign: BTreeSet::new(),
     };
+    let no_context = NoContextRules::create()?;
     for round in 1..=count {
         for (index, config) in CONFIGS.into_iter().enumerate() {
             // None of ours runs between two runs: whatever is found is not ours.
@@ -536,6 +582,9 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
             let mut tracer = match config {
                 Config::None => None,
                 Config::LinkTrace => Some(Tracer::link_trace(&[])?),
+                Config::LinkTraceNoContext => {
+                    Some(Tracer::link_trace(&["--rules", no_context.arg()?])?)
+                }
                 Config::Bpftrace => Some(Tracer::bpftrace()?),
             };
             let pairs = load.pairs()?;
@@ -557,6 +606,13 @@ fn alternate(load: &Load, count: usize) -> anyhow::Result<Rounds> {
                     rounds.link_trace.written += summary.written;
                     rounds.link_trace.lost += summary.lost;
                     rounds.link_trace.undelivered += summary.undelivered;
+                }
+                Some(tracer) if config == Config::LinkTraceNoContext => {
+                    let summary = tracer.stop_link_trace()?;
+                    note = format!(
+                        "; link-trace (context off): {} captured, {} lost",
+                        summary.captured, summary.lost
+                    );
                 }
                 Some(tracer) => tracer.stop_bpftrace()?,
                 None => {}
@@ -714,15 +770,17 @@ fn program_stats(pid: u32) -> anyhow::Result<Vec<ProgStats>> {
         .flatten()
         .filter(|prog| prog["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .filter_map(|prog| {
-            let name = prog["name"].as_str()?;
-            LINK_PROGRAMS.contains(&name).then(|| ProgStats {
-                name: name.to_owned(),
+            Some(ProgStats {
+                name: prog["name"].as_str()?.to_owned(),
                 run_cnt: prog["run_cnt"].as_u64().unwrap_or(0),
                 run_time_ns: prog["run_time_ns"].as_u64().unwrap_or(0),
             })
         })
         .collect();
-    if stats.len() != LINK_PROGRAMS.len() {
+    if !LINK_PROGRAMS
+        .iter()
+        .all(|name| stats.iter().any(|p| p.name == *name))
+    {
         let listed = progs.as_array().map_or(0, Vec::len);
         bail!(
             "expected link-trace's {LINK_PROGRAMS:?} among its programs (ids {ids:?} in \
@@ -733,21 +791,29 @@ fn program_stats(pid: u32) -> anyhow::Result<Vec<ProgStats>> {
     Ok(stats)
 }
 
-/// In-kernel cost of one linkat event: entry plus exit program.
+/// In-kernel cost of one linkat event: entry plus exit program (the exit
+/// program's runs include the unlink exits when unlink is captured).
 fn ns_per_event(stats: &[ProgStats]) -> Option<f64> {
     let per_run = |name: &str| stats.iter().find(|p| p.name == name)?.ns_per_run();
     Some(per_run("linkat_enter")? + per_run("link_exit")?)
 }
 
-/// One link-trace run (default configuration, stats on) under one generator.
-fn kernel_cost(load: &Load) -> anyhow::Result<Vec<ProgStats>> {
-    let mut tracer = Tracer::link_trace(&[])?;
-    load.pairs()?;
+/// In-kernel cost of one linkat+unlink pair: every program of link-trace's.
+fn ns_per_pair(stats: &[ProgStats], pairs: u64) -> Option<f64> {
+    let total: u64 = stats.iter().map(|p| p.run_time_ns).sum();
+    (pairs > 0).then(|| total as f64 / pairs as f64)
+}
+
+/// One link-trace run (default configuration plus `args`, stats on) under
+/// one generator; its programs' statistics and the pairs made.
+fn kernel_cost(load: &Load, args: &[&str]) -> anyhow::Result<(Vec<ProgStats>, u64)> {
+    let mut tracer = Tracer::link_trace(args)?;
+    let pairs = load.pairs()?;
     tracer.ensure_running()?;
     let stats = program_stats(tracer.pid()?)?;
     let summary = tracer.stop_link_trace()?;
     eprintln!("xtask: bpf_stats run: {stats:?}; {summary:?}");
-    Ok(stats)
+    Ok((stats, pairs.calls))
 }
 
 /// The flood generators' comm: `bl-` and this process's id.
@@ -837,7 +903,9 @@ struct Report {
     machine: Machine,
     load: Load,
     rounds: Rounds,
-    kernel: Vec<ProgStats>,
+    kernel: (Vec<ProgStats>, u64),
+    /// The same with unlink and rename not captured.
+    kernel_no_context: (Vec<ProgStats>, u64),
     flood: Flood,
     pipeline: f64,
 }
@@ -894,6 +962,7 @@ impl Report {
                 let (target, ok) = match config {
                     Config::None => (String::new(), ""),
                     Config::LinkTrace => (format!("≤ {target:.2}×"), met(ratio <= target)),
+                    Config::LinkTraceNoContext => (String::new(), "context capture's share"),
                     Config::Bpftrace if what == "linkat+unlink pair" => {
                         ("~3× (the issue's figure for the peer)".into(), "reference")
                     }
@@ -941,9 +1010,27 @@ impl Report {
             "0 lost, calls = captured + lost",
             met(balanced && s.lost == 0 && s.undelivered == 0),
         );
-        for (label, stats) in [
-            ("one generator", &self.kernel),
-            ("flood", &self.flood.stats),
+        let context_share =
+            |samples: &[Vec<f64>; CONFIGS.len()]| median(&samples[1]) / median(&samples[2]);
+        row(
+            "cost of capturing unlink/rename as context: link-trace default ÷ context off, pair | getppid",
+            format!(
+                "{:.3}× | {:.3}×",
+                context_share(&r.pairs),
+                context_share(&r.getppid)
+            ),
+            String::new(),
+            "",
+            "",
+        );
+        for (label, stats, pairs) in [
+            ("one generator", &self.kernel.0, self.kernel.1),
+            (
+                "one generator, unlink/rename not captured",
+                &self.kernel_no_context.0,
+                self.kernel_no_context.1,
+            ),
+            ("flood", &self.flood.stats, self.flood.calls),
         ] {
             let mut runs: Vec<String> = stats
                 .iter()
@@ -953,8 +1040,9 @@ impl Report {
             row(
                 &format!("in-kernel cost ({label}), BPF run-time stats"),
                 format!(
-                    "{} ns/event (enter+exit); ns/run: {}",
+                    "{} ns/event (linkat_enter+link_exit); {} ns/pair (all programs); ns/run: {}",
                     ns_per_event(stats).map_or_else(|| "n/a".into(), |ns| format!("{ns:.0}")),
+                    ns_per_pair(stats, pairs).map_or_else(|| "n/a".into(), |ns| format!("{ns:.0}")),
                     runs.join(", ")
                 ),
                 String::new(),

@@ -37,6 +37,7 @@ pub fn render(record: &Record, host: &HostInfo, out: &mut Vec<u8>) {
     match record {
         Record::Event(event) => write_line(&link_document(event, host), out),
         Record::Alert(alert) => write_line(&alert_document(alert, host), out),
+        Record::Context(context) => write_line(&context_document(&context.0, host), out),
         Record::Loss(loss) => write_line(
             &metric_document(
                 &loss.time,
@@ -379,6 +380,24 @@ fn link_document<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Document<'a> {
         threat: None,
         link_trace: Extras::Link(Box::new(LinkExtras::new(e))),
     }
+}
+
+/// An unlink or rename (`--context-events`): `file.path` is the name
+/// removed (unlink) or the new name (rename, event.type change); the old
+/// name of a rename is in `link_trace.oldpath`.
+fn context_document<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Document<'a> {
+    let mut document = link_document(e, host);
+    let unlink = e.syscall.starts_with("unlink");
+    document.event.event_type = if unlink { &["deletion"] } else { &["change"] };
+    document.event.dataset = "link_trace.context";
+    let path = if unlink {
+        location(&e.oldpath)
+    } else {
+        location(&e.newpath)
+    };
+    let file = File::at(path, None);
+    document.file = (!file.is_empty()).then_some(file);
+    document
 }
 
 /// The rule severity as a number, 1 (info) to 5 (critical), the scale of

@@ -72,6 +72,31 @@ const FILE_LINK: Classification = Classification {
     type_name: "File System Activity: Other",
 };
 
+/// Context records (`--context-events`): the class's own Delete and
+/// Rename activities; `file` is the name removed or the old name,
+/// `file_result` the new name of a rename.
+const FILE_DELETE: Classification = Classification {
+    class_uid: 1001,
+    class_name: "File System Activity",
+    category_uid: 1,
+    category_name: "System Activity",
+    activity_id: 4,
+    activity_name: "Delete",
+    type_uid: 1001 * 100 + 4,
+    type_name: "File System Activity: Delete",
+};
+
+const FILE_RENAME: Classification = Classification {
+    class_uid: 1001,
+    class_name: "File System Activity",
+    category_uid: 1,
+    category_name: "System Activity",
+    activity_id: 5,
+    activity_name: "Rename",
+    type_uid: 1001 * 100 + 5,
+    type_name: "File System Activity: Rename",
+};
+
 const FINDING_CREATED: Classification = Classification {
     class_uid: 2004,
     class_name: "Detection Finding",
@@ -110,6 +135,17 @@ pub fn render(record: &Record, host: &HostInfo, out: &mut Vec<u8>) {
     match record {
         Record::Event(event) => write_line(&link_event(event, host), out),
         Record::Alert(alert) => write_line(&finding(alert, host), out),
+        Record::Context(context) => {
+            let e = &context.0;
+            let mut event = link_event(e, host);
+            if e.syscall.starts_with("unlink") {
+                event.class = &FILE_DELETE;
+                event.file_result = None;
+            } else {
+                event.class = &FILE_RENAME;
+            }
+            write_line(&event, out);
+        }
         Record::Loss(loss) => write_line(
             &Event::plain(
                 &LOSS_ERROR,

@@ -115,6 +115,8 @@ fn alert() -> AlertRecord {
         tags: vec!["credential-access".into(), "sensitive-file".into()],
         message: "ln (pid 7301, uid 1000) linked /etc/shadow -> /tmp/x/s: EPERM".into(),
         event_seqs: vec![11, 12],
+        context_seqs: vec![],
+        syscall: "linkat",
         pid: 7301,
         uid: 1000,
         comm: "ln".into(),
@@ -130,6 +132,7 @@ fn loss() -> LossRecord {
         reason: LossReason::RingFull,
         count: 3,
         total: 5,
+        record_kind: crate::event::RecordKind::Event,
     }
 }
 
@@ -145,6 +148,9 @@ fn stats() -> StatsRecord {
             total: 5,
             per_cpu: vec![2, 3],
         }],
+        context_submitted: 4,
+        context_decoded: 4,
+        context_losses: vec![],
         sinks: vec![crate::sink::SinkReport {
             name: "file:/var/log/link-trace/events.jsonl".into(),
             queue_capacity: 4096,
@@ -169,7 +175,38 @@ fn all_records() -> Vec<(&'static str, Record)> {
         ("alert", Record::Alert(Box::new(alert()))),
         ("loss", Record::Loss(loss())),
         ("stats", Record::Stats(stats())),
+        ("unlink context", context("unlinkat")),
+        ("rename context", context("renameat2")),
     ]
+}
+
+/// An unlink or rename (`--context-events`), from the full event's caller.
+fn context(syscall: &'static str) -> Record {
+    let mut e = full_event();
+    e.syscall = syscall;
+    Record::Context(Box::new(crate::event::ContextEvent(e)))
+}
+
+#[test]
+fn context_records_map_to_delete_and_rename() {
+    let unlink = ecs_doc(&context("unlinkat"));
+    assert_eq!(unlink["event"]["type"], serde_json::json!(["deletion"]));
+    assert_eq!(unlink["event"]["action"], "unlinkat");
+    assert_eq!(unlink["event"]["dataset"], "link_trace.context");
+    let rename = ecs_doc(&context("renameat2"));
+    assert_eq!(rename["event"]["type"], serde_json::json!(["change"]));
+    let unlink = ocsf_doc(&context("unlinkat"));
+    assert_eq!(
+        (unlink["activity_id"].as_u64(), unlink["type_uid"].as_u64()),
+        (Some(4), Some(100104))
+    );
+    assert!(unlink.get("file_result").is_none());
+    let rename = ocsf_doc(&context("renameat2"));
+    assert_eq!(
+        (rename["activity_id"].as_u64(), rename["type_uid"].as_u64()),
+        (Some(5), Some(100105))
+    );
+    assert_eq!(rename["activity_name"], "Rename");
 }
 
 /// Renders one record and parses it back; it must be exactly one line.

@@ -5,7 +5,6 @@ use std::{
     sync::{Arc, mpsc as std_mpsc},
 };
 
-use link_trace_common::STAT_COUNT;
 use openmetrics_parser::{MetricNumber, OpenMetricsType, OpenMetricsValue};
 use tokio::sync::mpsc;
 
@@ -72,7 +71,7 @@ fn no_kernel() -> KernelReader {
 }
 
 fn kernel_with(values: &[(Stat, [u64; 2])]) -> KernelReader {
-    let mut per_cpu = vec![[0u64; STAT_COUNT as usize]; 2];
+    let mut per_cpu = vec![[0u64; link_trace_common::STATS_ENTRIES as usize]; 2];
     for (stat, by_cpu) in values {
         for (cpu, value) in by_cpu.iter().enumerate() {
             per_cpu[cpu][*stat as usize] = *value;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::{
-    event::{LossReason, LossRecord, sample_event},
+    event::{ContextEvent, LossReason, LossRecord, RecordKind, sample_event},
     rules::{Engine, RuleSet, tests::Ev},
 };
 
@@ -15,6 +15,10 @@ fn line(record: &Record) -> String {
 
 fn event_line(ev: Ev) -> String {
     line(&Record::Event(Box::new(ev.0)))
+}
+
+fn context_line(ev: Ev) -> String {
+    line(&Record::Context(Box::new(ContextEvent(ev.0))))
 }
 
 #[test]
@@ -75,7 +79,7 @@ fn malformed_records_say_why() {
     assert!(matches!(record_from_line("{"), Err(ReplayError::Json(_))));
     assert_eq!(
         record_from_line(r#"{"kind":"event","seq":1}"#).err(),
-        Some(ReplayError::Field("flag_names"))
+        Some(ReplayError::Field("syscall"))
     );
     assert_eq!(
         record_from_line(r#"{"kind":"other"}"#).err(),
@@ -281,6 +285,7 @@ fn output_keeps_records_in_order_with_alerts_after_their_event() {
         schema_version: 1,
         time: "2026-01-01T00:00:00.000000000Z".into(),
         reason: LossReason::RingFull,
+        record_kind: RecordKind::Event,
         count: 2,
         total: 2,
     }));
@@ -316,4 +321,246 @@ fn output_keeps_records_in_order_with_alerts_after_their_event() {
     let (_, only, summary) = run(&lines, true);
     assert_eq!(only.lines().count(), 1);
     assert_eq!(summary.detect.suppressed, 3);
+}
+
+#[test]
+fn context_records_survive_the_round_trip_exactly() {
+    let mut rename = Ev::context(2, "renameat2", "/tmp/a", Some("/tmp/b"));
+    rename.0.oldpath.bytes = Some(b"/tmp/\xff".to_vec());
+    rename.0.oldpath.resolved = Some(b"/tmp/\xff".to_vec());
+    rename.0.flags = 1;
+    rename.0.flag_names = crate::names::flag_names_of(link_trace_common::SyscallId::Renameat2, 1);
+    let unlink = Ev::context(3, "unlinkat", "/tmp/x", None).failed(libc::ENOENT);
+    for ev in [rename, unlink] {
+        let text = context_line(Ev(ev.0.clone()));
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let errors: Vec<String> = schema()
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}: {text}");
+        assert_eq!(value["kind"], "context");
+        for absent in ["file", "exe", "args_changed", "oldpath_canonical", "ppid"] {
+            assert!(value.get(absent).is_none(), "{absent} in {text}");
+        }
+        let Ok(Some(Record::Context(back))) = record_from_line(&text) else {
+            panic!("{text}");
+        };
+        assert_eq!(back.0, ev.0);
+    }
+    let unlink = serde_json::to_value(Record::Context(Box::new(ContextEvent(
+        Ev::context(1, "unlink", "/tmp/x", None).0,
+    ))))
+    .unwrap();
+    assert!(unlink.get("newpath").is_none() && unlink.get("newdirfd").is_none());
+    // A context record is no event, and an event's syscall no context's.
+    let mut wrong = unlink.clone();
+    wrong["kind"] = "event".into();
+    assert!(matches!(
+        record_from_line(&wrong.to_string()),
+        Err(ReplayError::Unknown {
+            field: "syscall",
+            ..
+        })
+    ));
+}
+
+/// (rule, event seqs, context seqs, completing syscall) of each alert.
+type Full = (String, Vec<u64>, Vec<u64>, String);
+
+fn full_alerts(lines: &[String]) -> Vec<Full> {
+    let seqs = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect()
+    };
+    run(lines, false)
+        .1
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "alert")
+        .map(|v| {
+            let errors: Vec<String> = schema().iter_errors(&v).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{errors:?}: {v}");
+            (
+                v["rule_id"].as_str().unwrap().to_owned(),
+                seqs(&v["event_seqs"]),
+                seqs(&v["context_seqs"]),
+                v["syscall"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn churn(events: Vec<u64>, context: Vec<u64>, syscall: &str) -> Vec<Full> {
+    vec![(
+        "sticky-dir-name-churn".to_owned(),
+        events,
+        context,
+        syscall.to_owned(),
+    )]
+}
+
+#[test]
+fn churn_on_one_name_counts_unlink_and_rename_by_other_users() {
+    let name = "/tmp/report.txt";
+    // Root links the name; nobody removes it and renames its own file over it.
+    let link_then_unlink = [
+        event_line(Ev::new(1, "/root/f", name).caller(10, 0).at_ms(0)),
+        context_line(
+            Ev::context(1, "unlinkat", name, None)
+                .caller(20, 65534)
+                .at_ms(2_000),
+        ),
+    ];
+    assert_eq!(
+        full_alerts(&link_then_unlink),
+        churn(vec![1], vec![1], "unlinkat")
+    );
+
+    let unlink_then_rename = [
+        context_line(
+            Ev::context(1, "unlink", name, None)
+                .caller(10, 1000)
+                .at_ms(0),
+        ),
+        context_line(
+            Ev::context(2, "rename", "/tmp/mine", Some(name))
+                .caller(20, 1001)
+                .at_ms(9_000),
+        ),
+    ];
+    assert_eq!(
+        full_alerts(&unlink_then_rename),
+        churn(vec![], vec![1, 2], "rename")
+    );
+
+    // The name a rename moves away is not the name it takes.
+    let moved_away = [
+        event_line(Ev::new(1, "/root/f", name).caller(10, 0).at_ms(0)),
+        context_line(
+            Ev::context(1, "rename", name, Some("/tmp/elsewhere"))
+                .caller(20, 1000)
+                .at_ms(1),
+        ),
+    ];
+    assert!(full_alerts(&moved_away).is_empty());
+
+    // Ten seconds apart, outside a sticky directory, one user: nothing.
+    let late = [
+        context_line(
+            Ev::context(1, "unlink", name, None)
+                .caller(10, 1000)
+                .at_ms(0),
+        ),
+        context_line(
+            Ev::context(2, "unlink", name, None)
+                .caller(20, 1001)
+                .at_ms(10_001),
+        ),
+    ];
+    assert!(full_alerts(&late).is_empty());
+    let private = [
+        context_line(
+            Ev::context(1, "unlink", "/srv/x", None)
+                .caller(10, 1000)
+                .at_ms(0),
+        ),
+        context_line(
+            Ev::context(2, "unlink", "/srv/x", None)
+                .caller(20, 1001)
+                .at_ms(1),
+        ),
+    ];
+    assert!(full_alerts(&private).is_empty());
+}
+
+#[test]
+fn failed_renames_then_a_winning_rename_is_a_race() {
+    let name = "/var/lib/app/target";
+    let noreplace = |seq: u64, ms: u64| {
+        context_line(
+            Ev::context(seq, "renameat2", "/home/u/payload", Some(name))
+                .at_ms(ms)
+                .failed(libc::EEXIST),
+        )
+    };
+    let mut lines: Vec<String> = (1..=3).map(|i| noreplace(i, i * 100)).collect();
+    lines.push(context_line(
+        Ev::context(4, "rename", "/home/u/payload", Some(name)).at_ms(500),
+    ));
+    assert_eq!(
+        full_alerts(&lines),
+        [(
+            "link-race-retry".to_owned(),
+            vec![],
+            vec![1, 2, 3, 4],
+            "rename".to_owned()
+        )]
+    );
+    // Failed links, then the name won with a rename: one race.
+    let mut mixed = failures(1, 3, name, 0, 100);
+    mixed.push(context_line(
+        Ev::context(1, "renameat", "/home/u/payload", Some(name)).at_ms(400),
+    ));
+    assert_eq!(
+        full_alerts(&mixed),
+        [(
+            "link-race-retry".to_owned(),
+            vec![1, 2, 3],
+            vec![1],
+            "renameat".to_owned()
+        )]
+    );
+    // unlink claims no name: failed unlinks are no race.
+    let unlinks: Vec<String> = (1..=3)
+        .map(|i| {
+            context_line(
+                Ev::context(i, "unlink", name, None)
+                    .at_ms(i)
+                    .failed(libc::EPERM),
+            )
+        })
+        .chain([event_line(Ev::new(1, "/home/u/payload", name).at_ms(10))])
+        .collect();
+    assert!(full_alerts(&unlinks).is_empty());
+}
+
+#[test]
+fn writing_a_temporary_file_then_link_and_rename_by_one_user_raises_nothing() {
+    // A package manager or editor: write a temporary, back the old file up
+    // with a link, rename the temporary over it, drop the backup; as root in
+    // /etc, and as a user in /tmp.
+    let mut lines = Vec::new();
+    for (dir, fsuid) in [("/etc/app", 0), ("/tmp/u-work", 1000)] {
+        let file = format!("{dir}/app.conf");
+        let (tmp, backup) = (format!("{file}.tmp"), format!("{file}.bak"));
+        let base = lines.len() as u64 * 100;
+        lines.push(event_line(
+            Ev::new(base + 1, &file, &backup)
+                .caller(30, fsuid)
+                .exe("/usr/bin/dpkg")
+                .at_ms(base),
+        ));
+        lines.push(context_line(
+            Ev::context(base + 1, "rename", &tmp, Some(&file))
+                .caller(30, fsuid)
+                .at_ms(base + 1),
+        ));
+        lines.push(context_line(
+            Ev::context(base + 2, "unlink", &backup, None)
+                .caller(30, fsuid)
+                .at_ms(base + 2),
+        ));
+    }
+    let (alerts, out, summary) = run(&lines, false);
+    assert!(alerts.is_empty(), "{out}");
+    assert_eq!((summary.detect.events, summary.detect.context), (2, 4));
+    assert_eq!(
+        out.lines().count(),
+        6,
+        "context records are replayed and printed"
+    );
 }

@@ -4,7 +4,12 @@
 //! Names are the JSON names (`oldpath_resolved`, `fsuid`, `file.uid`, …)
 //! plus a few derived fields: `oldpath_dir`/`newpath_dir` (the resolved
 //! path's parent directory), `oldpath_name`/`newpath_name` (its last
-//! component) and `result` (`"ok"` or the errno name).
+//! component), `result` (`"ok"` or the errno name) and `target_resolved`
+//! (the name the call creates or removes).
+//!
+//! Context records (unlink, rename) are read through the same fields; what
+//! they do not carry (file facts, exe, cgroup, TOCTOU evidence, unlink's
+//! new path) is null there, so no operator but `exists` matches it.
 
 use std::borrow::Cow;
 
@@ -96,6 +101,9 @@ pub enum Field {
     Errno,
     /// Derived: "ok" or the errno name.
     Result,
+    /// Derived: the name the call creates or removes: `newpath_resolved`
+    /// for link and rename, `oldpath_resolved` for unlink.
+    TargetResolved,
     Pid,
     Tid,
     Uid,
@@ -148,7 +156,7 @@ const FILE_ATTRS: [(&str, FileAttr); 11] = [
     ("nlink", FileAttr::Nlink),
 ];
 
-const SCALARS: [(&str, Field); 34] = [
+const SCALARS: [(&str, Field); 35] = [
     ("seq", Field::Seq),
     ("time", Field::Time),
     ("boot_ns", Field::BootNs),
@@ -162,6 +170,7 @@ const SCALARS: [(&str, Field); 34] = [
     ("success", Field::Success),
     ("errno", Field::Errno),
     ("result", Field::Result),
+    ("target_resolved", Field::TargetResolved),
     ("pid", Field::Pid),
     ("tid", Field::Tid),
     ("uid", Field::Uid),
@@ -230,9 +239,8 @@ impl Field {
             | PidNs => Kind::Int,
             Success | ArgsChanged | InodeMismatch => Kind::Bool,
             FlagNames => Kind::List,
-            Time | Syscall | Errno | Result | Comm | Exe | CgroupPath | ContainerId | FileError => {
-                Kind::Str
-            }
+            Time | Syscall | Errno | Result | TargetResolved | Comm | Exe | CgroupPath
+            | ContainerId | FileError => Kind::Str,
             Path(_, PathAttr::Truncated) => Kind::Bool,
             Path(..) => Kind::Str,
             File(_, FileAttr::Ino | FileAttr::Mode | FileAttr::Uid | FileAttr::Gid) => Kind::Int,
@@ -242,9 +250,23 @@ impl Field {
         }
     }
 
+    /// Whether a context record (unlink, rename) lacks this field; the
+    /// fields it lacks are null in it (see `event::ContextEvent`).
+    fn absent_in_context(self, e: &LinkEvent) -> bool {
+        use Field::*;
+        match self {
+            ArgsChanged | CgroupId => true,
+            NewDirfd | Path(Side::New, _) => !e.has_newpath(),
+            _ => false,
+        }
+    }
+
     /// This field's value in `e`.
     pub fn get(self, e: &LinkEvent) -> Value<'_> {
         use Field::*;
+        if e.is_context() && self.absent_in_context(e) {
+            return Value::Null;
+        }
         let int = |v: u64| Value::Int(i128::from(v));
         let opt = |v: Option<u32>| v.map_or(Value::Null, |v| Value::Int(i128::from(v)));
         match self {
@@ -263,6 +285,14 @@ impl Field {
             Success => Value::Bool(e.success),
             Errno => text_value(e.errno.as_deref()),
             Result => text_value(Some(e.errno.as_deref().unwrap_or("ok"))),
+            TargetResolved => {
+                let target = if e.has_newpath() {
+                    &e.newpath.resolved
+                } else {
+                    &e.oldpath.resolved
+                };
+                bytes(target.as_deref())
+            }
             Pid => int(u64::from(e.pid)),
             Tid => int(u64::from(e.tid)),
             Uid => int(u64::from(e.uid)),
@@ -406,6 +436,40 @@ mod tests {
         assert_eq!(get("fsuid"), Value::Null);
         assert_eq!(get("file.uid"), Value::Null);
         assert!(matches!(get("flag_names"), Value::List(l) if l.len() == 2));
+    }
+
+    #[test]
+    fn context_records_read_null_where_they_carry_nothing() {
+        let mut unlink = sample_event(Some(b"/tmp/x"), None, 0);
+        unlink.syscall = "unlinkat";
+        unlink.oldpath.resolved = Some(b"/tmp/x".to_vec());
+        unlink.newpath = crate::event::PathField::new(None, false, None);
+        let get = |name: &str| Field::parse(name).unwrap().get(&unlink);
+        assert_eq!(get("target_resolved"), Value::Str(b"/tmp/x"));
+        for absent in [
+            "newpath_truncated",
+            "newpath_resolution",
+            "newdirfd",
+            "args_changed",
+            "cgroup_id",
+        ] {
+            assert_eq!(get(absent), Value::Null, "{absent}");
+        }
+        assert_eq!(get("oldpath_truncated"), Value::Bool(false));
+
+        let mut rename = sample_event(Some(b"/tmp/a"), Some(b"/tmp/b"), 0);
+        rename.syscall = "renameat2";
+        rename.newpath.resolved = Some(b"/tmp/b".to_vec());
+        let get = |name: &str| Field::parse(name).unwrap().get(&rename);
+        assert_eq!(get("target_resolved"), Value::Str(b"/tmp/b"));
+        assert_eq!(get("newdirfd"), Value::Int(5));
+        assert_eq!(get("args_changed"), Value::Null);
+
+        let mut link = sample_event(Some(b"/a"), Some(b"b"), 0);
+        link.newpath.resolved = Some(b"/base/b".to_vec());
+        let get = |name: &str| Field::parse(name).unwrap().get(&link);
+        assert_eq!(get("target_resolved"), Value::Str(b"/base/b"));
+        assert_eq!(get("args_changed"), Value::Bool(false));
     }
 
     #[test]

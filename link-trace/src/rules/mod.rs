@@ -10,6 +10,11 @@
 //! A rule matches one event (stateless), or counts matching events per
 //! group within a window of the events' own `boot_ns` (stateful: see
 //! `state`). Every match is an `AlertRecord` in the output stream.
+//!
+//! A rule sees the syscalls its `syscalls` list names: link and linkat by
+//! default; the context syscalls (unlink, unlinkat, rename, renameat,
+//! renameat2) only when it names them, and the daemon captures those only
+//! while a rule in force (or `--context-events`) asks for them.
 
 pub mod condition;
 pub mod field;
@@ -23,12 +28,78 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use link_trace_common::SyscallId;
+
 use self::{
     condition::{Condition, Located, RawCondition, located, parse_field},
     field::Field,
-    state::{Window, WindowState},
+    state::{Cited, Window, WindowState},
 };
 use crate::event::{AlertRecord, LinkEvent, SCHEMA_VERSION};
+
+/// A set of syscalls, one bit per `SyscallId`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyscallSet(u8);
+
+impl SyscallSet {
+    /// What a rule sees unless it says otherwise.
+    pub const LINK: SyscallSet = SyscallSet(bit(SyscallId::Link) | bit(SyscallId::Linkat));
+    pub const CONTEXT: SyscallSet = SyscallSet(
+        bit(SyscallId::Unlink)
+            | bit(SyscallId::Unlinkat)
+            | bit(SyscallId::Rename)
+            | bit(SyscallId::Renameat)
+            | bit(SyscallId::Renameat2),
+    );
+    pub const EMPTY: SyscallSet = SyscallSet(0);
+
+    pub fn of(id: SyscallId) -> SyscallSet {
+        SyscallSet(bit(id))
+    }
+
+    /// The set holding the syscall named `name` (empty for an unknown name).
+    pub fn of_name(name: &str) -> SyscallSet {
+        SyscallId::from_name(name).map_or(Self::EMPTY, Self::of)
+    }
+
+    pub fn union(self, other: SyscallSet) -> SyscallSet {
+        SyscallSet(self.0 | other.0)
+    }
+
+    pub fn intersection(self, other: SyscallSet) -> SyscallSet {
+        SyscallSet(self.0 & other.0)
+    }
+
+    pub fn without(self, other: SyscallSet) -> SyscallSet {
+        SyscallSet(self.0 & !other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn overlaps(self, other: SyscallSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn ids(self) -> impl Iterator<Item = SyscallId> {
+        SyscallId::ALL
+            .into_iter()
+            .filter(move |id| self.0 & bit(*id) != 0)
+    }
+
+    /// "unlink, unlinkat, …" in SyscallId order.
+    pub fn names(self) -> String {
+        self.ids()
+            .map(SyscallId::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+const fn bit(id: SyscallId) -> u8 {
+    1 << (id as u32)
+}
 
 /// The built-in rules, as shipped.
 pub const BUILTIN_RULES: &str = include_str!("builtin.toml");
@@ -104,6 +175,8 @@ struct RawRule {
     group_by: Vec<Spanned<String>>,
     distinct: Option<Spanned<String>>,
     then: Option<Spanned<RawCondition>>,
+    /// The syscalls the rule sees; link and linkat when absent.
+    syscalls: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A piece of an alert message template.
@@ -128,6 +201,8 @@ pub struct Rule {
     condition: Condition,
     window: Option<Window>,
     then: Option<Condition>,
+    /// The syscalls whose records the rule is evaluated on.
+    pub syscalls: SyscallSet,
 }
 
 impl Rule {
@@ -150,6 +225,12 @@ impl Rule {
             text.push_str(", then a match of `then`");
         }
         Some(text)
+    }
+
+    /// "link, linkat, unlink, …" when the rule sees more (or other) syscalls
+    /// than link and linkat, for listings.
+    pub fn syscalls_summary(&self) -> Option<String> {
+        (self.syscalls != SyscallSet::LINK).then(|| self.syscalls.names())
     }
 
     fn message(&self, e: &LinkEvent) -> String {
@@ -261,6 +342,33 @@ fn compile_window(raw: &RawRule, rule_span: Range<usize>) -> Result<Option<Windo
     }))
 }
 
+fn compile_syscalls(raw: &RawRule) -> Result<SyscallSet, Located> {
+    let Some(list) = &raw.syscalls else {
+        return Ok(SyscallSet::LINK);
+    };
+    if list.get_ref().is_empty() {
+        return located(list.span(), "syscalls must name at least one syscall");
+    }
+    let mut set = SyscallSet::EMPTY;
+    for name in list.get_ref() {
+        match SyscallId::from_name(name.get_ref()) {
+            Some(id) => set = set.union(SyscallSet::of(id)),
+            None => {
+                let known: Vec<&str> = SyscallId::ALL.iter().map(|id| id.name()).collect();
+                return located(
+                    name.span(),
+                    format!(
+                        "unknown syscall `{}`; link-trace captures {}",
+                        name.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    Ok(set)
+}
+
 fn compile_rule(raw: &RawRule, origin: &str) -> Result<Rule, Located> {
     let id = raw.id.get_ref();
     if !valid_id(id) {
@@ -296,6 +404,7 @@ fn compile_rule(raw: &RawRule, origin: &str) -> Result<Rule, Located> {
         condition: Condition::compile(&raw.condition)?,
         window: compile_window(raw, raw.id.span())?,
         then: raw.then.as_ref().map(Condition::compile).transpose()?,
+        syscalls: compile_syscalls(raw)?,
     })
 }
 
@@ -393,6 +502,24 @@ impl RuleSet {
         let mut set = RuleSet::default();
         set.merge(BUILTIN_NAME, parse_rules(BUILTIN_NAME, BUILTIN_RULES)?);
         Ok(set)
+    }
+
+    /// The context syscalls (unlink, rename) some rule in force sees: what
+    /// the daemon must capture for them.
+    pub fn context_syscalls(&self) -> SyscallSet {
+        self.rules
+            .iter()
+            .fold(SyscallSet::EMPTY, |set, rule| set.union(rule.syscalls))
+            .intersection(SyscallSet::CONTEXT)
+    }
+
+    /// The ids of the rules that see any of `syscalls`.
+    pub fn rules_seeing(&self, syscalls: SyscallSet) -> Vec<&str> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.syscalls.overlaps(syscalls))
+            .map(|rule| rule.id.as_str())
+            .collect()
     }
 }
 
@@ -500,12 +627,17 @@ impl Engine {
         self.evictions_before + self.states.iter().map(|s| s.evictions).sum::<u64>()
     }
 
-    /// Appends to `alerts` every alert this event raises, in rule order.
+    /// Appends to `alerts` every alert this event (or context record)
+    /// raises, in rule order; only rules that see its syscall judge it.
     pub fn evaluate(&mut self, e: &LinkEvent, alerts: &mut Vec<AlertRecord>) {
         let before = alerts.len();
+        let syscall = SyscallSet::of_name(e.syscall);
         for (rule, state) in self.rules.iter().zip(self.states.iter_mut()) {
+            if !rule.syscalls.overlaps(syscall) {
+                continue;
+            }
             let seqs = match &rule.window {
-                None => rule.condition.matches(e).then(|| vec![e.seq]),
+                None => rule.condition.matches(e).then(|| vec![Cited::of(e)]),
                 Some(window) => {
                     let then = rule
                         .then
@@ -532,7 +664,8 @@ fn lossy(bytes: Option<&[u8]>) -> Option<String> {
     bytes.map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
-fn alert(rule: &Rule, e: &LinkEvent, event_seqs: Vec<u64>) -> AlertRecord {
+fn alert(rule: &Rule, e: &LinkEvent, cited: Vec<Cited>) -> AlertRecord {
+    let (context, events): (Vec<Cited>, Vec<Cited>) = cited.into_iter().partition(|c| c.context);
     AlertRecord {
         schema_version: SCHEMA_VERSION,
         time: e.time.clone(),
@@ -542,7 +675,9 @@ fn alert(rule: &Rule, e: &LinkEvent, event_seqs: Vec<u64>) -> AlertRecord {
         mitre: rule.mitre.clone(),
         tags: rule.tags.clone(),
         message: rule.message(e),
-        event_seqs,
+        event_seqs: events.into_iter().map(|c| c.seq).collect(),
+        context_seqs: context.into_iter().map(|c| c.seq).collect(),
+        syscall: e.syscall,
         pid: e.pid,
         uid: e.uid,
         comm: e.comm.clone(),

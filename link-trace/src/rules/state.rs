@@ -26,10 +26,27 @@ pub struct Window {
     pub distinct: Option<Field>,
 }
 
+/// A record a window holds, as an alert cites it: its `seq`, and whether
+/// it is a context record (their `seq` is a numbering of their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cited {
+    pub seq: u64,
+    pub context: bool,
+}
+
+impl Cited {
+    pub fn of(e: &LinkEvent) -> Cited {
+        Cited {
+            seq: e.seq,
+            context: e.is_context(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     boot_ns: u64,
-    seq: u64,
+    cited: Cited,
     distinct: Option<Vec<u8>>,
 }
 
@@ -117,9 +134,9 @@ impl WindowState {
     }
 
     /// Counts an event that matched the rule's condition. Without `then`,
-    /// returns the sequence numbers of the window once the threshold is
-    /// reached (and empties the window); with `then` the group stays primed.
-    pub fn count(&mut self, window: &Window, has_then: bool, e: &LinkEvent) -> Option<Vec<u64>> {
+    /// returns the records of the window once the threshold is reached (and
+    /// empties the window); with `then` the group stays primed.
+    pub fn count(&mut self, window: &Window, has_then: bool, e: &LinkEvent) -> Option<Vec<Cited>> {
         let key = Self::key(window, e);
         let distinct = window.distinct.map(|field| {
             let mut value = Vec::new();
@@ -128,7 +145,7 @@ impl WindowState {
         });
         let entry = Entry {
             boot_ns: e.boot_ns,
-            seq: e.seq,
+            cited: Cited::of(e),
             distinct,
         };
         if self.groups.len() == self.groups.cap().get() && !self.groups.contains(&key) {
@@ -146,22 +163,22 @@ impl WindowState {
             return None;
         }
         // The window starts afresh.
-        Some(group.entries.drain(..).map(|en| en.seq).collect())
+        Some(group.entries.drain(..).map(|en| en.cited).collect())
     }
 
     /// An event that matched the rule's `then`: when its group reached the
-    /// threshold within the window, returns the window's sequence numbers
-    /// followed by this event's, and empties the window.
-    pub fn then(&mut self, window: &Window, e: &LinkEvent) -> Option<Vec<u64>> {
+    /// threshold within the window, returns the window's records followed by
+    /// this event, and empties the window.
+    pub fn then(&mut self, window: &Window, e: &LinkEvent) -> Option<Vec<Cited>> {
         let key = Self::key(window, e);
         let group = self.groups.peek_mut(&key)?;
         Self::prune(group, window.window_ns, e.boot_ns);
         if !Self::reached(window, group) {
             return None;
         }
-        let mut seqs: Vec<u64> = group.entries.drain(..).map(|en| en.seq).collect();
-        seqs.push(e.seq);
-        Some(seqs)
+        let mut cited: Vec<Cited> = group.entries.drain(..).map(|en| en.cited).collect();
+        cited.push(Cited::of(e));
+        Some(cited)
     }
 
     pub fn groups(&self) -> usize {
@@ -173,6 +190,11 @@ impl WindowState {
 mod tests {
     use super::*;
     use crate::event::sample_event;
+
+    /// The sequence numbers of what a window returned.
+    fn seqs(cited: Option<Vec<Cited>>) -> Option<Vec<u64>> {
+        cited.map(|c| c.into_iter().map(|c| c.seq).collect())
+    }
 
     fn ev(seq: u64, boot_ns: u64, pid: u32) -> LinkEvent {
         let mut e = sample_event(Some(b"a"), Some(b"b"), -1);
@@ -195,10 +217,13 @@ mod tests {
     fn threshold_within_the_window_fires_once_and_resets() {
         let w = window(3);
         let mut s = WindowState::default();
-        assert_eq!(s.count(&w, false, &ev(1, 0, 1)), None);
-        assert_eq!(s.count(&w, false, &ev(2, 500, 1)), None);
-        assert_eq!(s.count(&w, false, &ev(3, 1_000, 1)), Some(vec![1, 2, 3]));
-        assert_eq!(s.count(&w, false, &ev(4, 1_001, 1)), None);
+        assert_eq!(seqs(s.count(&w, false, &ev(1, 0, 1))), None);
+        assert_eq!(seqs(s.count(&w, false, &ev(2, 500, 1))), None);
+        assert_eq!(
+            seqs(s.count(&w, false, &ev(3, 1_000, 1))),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(seqs(s.count(&w, false, &ev(4, 1_001, 1))), None);
     }
 
     #[test]
@@ -208,33 +233,44 @@ mod tests {
         s.count(&w, false, &ev(1, 0, 1));
         s.count(&w, false, &ev(2, 600, 1));
         // seq 1 is now 1001 ns old: out.
-        assert_eq!(s.count(&w, false, &ev(3, 1_001, 1)), None);
-        assert_eq!(s.count(&w, false, &ev(4, 1_500, 1)), Some(vec![2, 3, 4]));
+        assert_eq!(seqs(s.count(&w, false, &ev(3, 1_001, 1))), None);
+        assert_eq!(
+            seqs(s.count(&w, false, &ev(4, 1_500, 1))),
+            Some(vec![2, 3, 4])
+        );
     }
 
     #[test]
     fn groups_are_separate() {
         let w = window(2);
         let mut s = WindowState::default();
-        assert_eq!(s.count(&w, false, &ev(1, 0, 1)), None);
-        assert_eq!(s.count(&w, false, &ev(2, 1, 2)), None);
-        assert_eq!(s.count(&w, false, &ev(3, 2, 1)), Some(vec![1, 3]));
+        assert_eq!(seqs(s.count(&w, false, &ev(1, 0, 1))), None);
+        assert_eq!(seqs(s.count(&w, false, &ev(2, 1, 2))), None);
+        assert_eq!(seqs(s.count(&w, false, &ev(3, 2, 1))), Some(vec![1, 3]));
     }
 
     #[test]
     fn then_needs_a_primed_group() {
         let w = window(2);
         let mut s = WindowState::default();
-        assert_eq!(s.then(&w, &ev(1, 0, 1)), None);
+        assert_eq!(seqs(s.then(&w, &ev(1, 0, 1))), None);
         s.count(&w, true, &ev(2, 10, 1));
-        assert_eq!(s.then(&w, &ev(3, 20, 1)), None, "one failure is not enough");
+        assert_eq!(
+            seqs(s.then(&w, &ev(3, 20, 1))),
+            None,
+            "one failure is not enough"
+        );
         s.count(&w, true, &ev(4, 30, 1));
-        assert_eq!(s.then(&w, &ev(5, 40, 2)), None, "another group");
-        assert_eq!(s.then(&w, &ev(6, 2_000, 1)), None, "too late");
+        assert_eq!(seqs(s.then(&w, &ev(5, 40, 2))), None, "another group");
+        assert_eq!(seqs(s.then(&w, &ev(6, 2_000, 1))), None, "too late");
         s.count(&w, true, &ev(7, 3_000, 1));
         s.count(&w, true, &ev(8, 3_001, 1));
-        assert_eq!(s.then(&w, &ev(9, 3_002, 1)), Some(vec![7, 8, 9]));
-        assert_eq!(s.then(&w, &ev(10, 3_003, 1)), None, "the group was reset");
+        assert_eq!(seqs(s.then(&w, &ev(9, 3_002, 1))), Some(vec![7, 8, 9]));
+        assert_eq!(
+            seqs(s.then(&w, &ev(10, 3_003, 1))),
+            None,
+            "the group was reset"
+        );
     }
 
     #[test]
@@ -246,12 +282,12 @@ mod tests {
         let mut s = WindowState::default();
         let mut a = ev(1, 0, 1);
         a.uid = 10;
-        assert_eq!(s.count(&w, false, &a), None);
+        assert_eq!(seqs(s.count(&w, false, &a)), None);
         a.seq = 2;
-        assert_eq!(s.count(&w, false, &a), None, "same uid again");
+        assert_eq!(seqs(s.count(&w, false, &a)), None, "same uid again");
         let mut b = ev(3, 5, 1);
         b.uid = 20;
-        assert_eq!(s.count(&w, false, &b), Some(vec![1, 2, 3]));
+        assert_eq!(seqs(s.count(&w, false, &b)), Some(vec![1, 2, 3]));
     }
 
     #[test]

@@ -62,6 +62,22 @@ impl Ev {
         self.0.flag_names = crate::names::flag_names(flags);
         self
     }
+
+    /// A context record (unlink, rename) as the daemon builds it: paths
+    /// resolved, credentials, none of the link-only fields. `new` is None
+    /// for unlink and unlinkat.
+    pub fn context(seq: u64, syscall: &'static str, old: &str, new: Option<&str>) -> Ev {
+        let mut e = Ev::new(seq, old, new.unwrap_or_default()).0;
+        e.syscall = syscall;
+        e.comm = "mv".into();
+        e.process.exe = None;
+        e.file = None;
+        if new.is_none() {
+            e.newdirfd = 0;
+            e.newpath = crate::event::PathField::new(None, false, None);
+        }
+        Ev(e)
+    }
 }
 
 fn builtin() -> Engine {
@@ -425,4 +441,109 @@ condition = { field = "success", eq = false }
     engine.evaluate(&Ev::new(4, "/a", "/b").failed(libc::EEXIST).0, &mut alerts);
     assert_eq!(alerts.len(), 1, "a changed window starts afresh");
     assert_eq!(engine.alerts_raised, 1);
+}
+
+const TMP_RULE: &str = r#"
+[[rule]]
+id = "tmp"
+title = "Anything under /tmp"
+severity = "low"
+condition = { field = "target_resolved", prefix = "/tmp/" }
+"#;
+
+/// An engine with the rules of one file's text.
+pub(crate) fn engine_of(text: &str) -> Engine {
+    let mut set = RuleSet::default();
+    set.merge("t", parse_rules("t", text).unwrap());
+    Engine::new(set)
+}
+
+fn ids_raised(engine: &mut Engine, ev: Ev) -> Vec<String> {
+    let mut alerts = Vec::new();
+    engine.evaluate(&ev.0, &mut alerts);
+    alerts.into_iter().map(|a| a.rule_id).collect()
+}
+
+#[test]
+fn rules_judge_only_the_syscalls_they_name() {
+    let unlink = || Ev::context(1, "unlink", "/tmp/x", None);
+    let unlinkat = || Ev::context(2, "unlinkat", "/tmp/x", None);
+    let rename = || Ev::context(3, "rename", "/tmp/a", Some("/tmp/x"));
+    let link = || Ev::new(4, "/home/u/a", "/tmp/x");
+
+    let mut default = engine_of(TMP_RULE);
+    assert!(
+        ids_raised(&mut default, unlink()).is_empty(),
+        "link and linkat by default"
+    );
+    assert!(ids_raised(&mut default, rename()).is_empty());
+    assert_eq!(ids_raised(&mut default, link()), ["tmp"]);
+
+    let mut only_unlinkat =
+        engine_of(&TMP_RULE.replace("severity", "syscalls = [\"unlinkat\"]\nseverity"));
+    assert_eq!(ids_raised(&mut only_unlinkat, unlinkat()), ["tmp"]);
+    assert!(ids_raised(&mut only_unlinkat, unlink()).is_empty());
+    assert!(ids_raised(&mut only_unlinkat, link()).is_empty());
+    let rule = &only_unlinkat.rules()[0];
+    assert_eq!(rule.syscalls_summary().as_deref(), Some("unlinkat"));
+    assert_eq!(engine_of(TMP_RULE).rules()[0].syscalls_summary(), None);
+}
+
+#[test]
+fn path_and_file_rules_never_fire_on_unlink_or_rename() {
+    // passwd(1) puts a new shadow file in place with rename; an admin
+    // removes a sudoers snippet; a user renames a setuid copy in /tmp.
+    for ev in [
+        Ev::context(1, "rename", "/etc/nshadow", Some("/etc/shadow")).caller(9, 0),
+        Ev::context(2, "unlinkat", "/etc/sudoers.d/old", None).caller(9, 0),
+        Ev::context(
+            3,
+            "renameat2",
+            "/home/u/.ssh/k.tmp",
+            Some("/home/u/.ssh/authorized_keys"),
+        ),
+        Ev::context(4, "rename", "/tmp/a", Some("/tmp/b")).file(0, 0o104755),
+    ] {
+        assert!(raised(ev).is_empty());
+    }
+}
+
+#[test]
+fn the_builtin_rules_need_the_context_syscalls_unless_disabled() {
+    let set = RuleSet::builtin().unwrap();
+    assert_eq!(set.context_syscalls(), SyscallSet::CONTEXT);
+    assert_eq!(
+        set.rules_seeing(SyscallSet::CONTEXT),
+        ["link-race-retry", "sticky-dir-name-churn"]
+    );
+    let mut set = RuleSet::builtin().unwrap();
+    set.merge(
+        "site.toml",
+        parse_rules("site.toml", "disable = [\"sticky-dir-name-churn\"]\n").unwrap(),
+    );
+    let renames = ["rename", "renameat", "renameat2"]
+        .into_iter()
+        .fold(SyscallSet::EMPTY, |set, name| {
+            set.union(SyscallSet::of_name(name))
+        });
+    assert_eq!(set.context_syscalls(), renames);
+    set.merge(
+        "site.toml",
+        parse_rules("site.toml", "disable = [\"link-race-retry\"]\n").unwrap(),
+    );
+    assert!(set.context_syscalls().is_empty());
+}
+
+#[test]
+fn bad_syscall_lists_are_refused_with_their_place() {
+    let e = error_of(&GOOD.replace("severity", "syscalls = [\"link\", \"unlnk\"]\nseverity"));
+    assert!(
+        e.starts_with("f.toml:5:21: unknown syscall `unlnk`; link-trace captures link, linkat, unlink, unlinkat, rename, renameat, renameat2"),
+        "{e}"
+    );
+    let e = error_of(&GOOD.replace("severity", "syscalls = []\nseverity"));
+    assert!(
+        e.starts_with("f.toml:5:12: syscalls must name at least one syscall"),
+        "{e}"
+    );
 }

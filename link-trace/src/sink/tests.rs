@@ -73,6 +73,8 @@ fn alert() -> Record {
         tags: vec![],
         message: "m".into(),
         event_seqs: vec![3],
+        context_seqs: vec![],
+        syscall: "linkat",
         pid: 1,
         uid: 0,
         comm: "ln".into(),

@@ -4,6 +4,7 @@
 
 mod config;
 mod context;
+mod context_syscalls;
 mod doctor;
 mod formats;
 mod harness;
