@@ -164,6 +164,10 @@ impl Tracer {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal and leaves the tracer running.
     pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on our own child.

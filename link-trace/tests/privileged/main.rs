@@ -5,6 +5,7 @@
 mod context;
 mod harness;
 mod rules;
+mod syslog;
 
 use std::{
     os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
