@@ -258,16 +258,26 @@ fn summary_counts(run: &Run, output: &str) -> (u64, u64, u64) {
 /// The RFC 5424 fields rsyslog parsed, checked against the record that
 /// went to stdout: PRI, timestamp (to the microsecond), hostname, app,
 /// procid, msgid, the structured data exactly, and MSG == the JSON record.
+/// Who sent the messages and how: the same for every message of a test.
+struct Origin<'a> {
+    app: &'a str,
+    tracer_pid: u32,
+    input: &'a str,
+}
+
 fn expect_message(
     message: &Value,
     record: &Value,
     severity: u64,
     msgid: &str,
     sd: &str,
-    app: &str,
-    tracer_pid: u32,
-    input: &str,
+    origin: &Origin<'_>,
 ) {
+    let Origin {
+        app,
+        tracer_pid,
+        input,
+    } = origin;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     for (field, want) in [
         ("input", input.to_string()),
@@ -338,7 +348,11 @@ fn end_to_end(transport: &str, comm: &'static str) {
         "--output",
         &format!("{output},app_name={app}"),
     ]);
-    let tracer_pid = tracer.pid();
+    let origin = Origin {
+        app: &app,
+        tracer_pid: tracer.pid(),
+        input,
+    };
     let dir = TestDir::new("/tmp", &format!("syslog-{transport}"));
     let src = dir.file("src");
     let mut linker = Linker { comm, calls: 0 };
@@ -417,9 +431,7 @@ fn end_to_end(transport: &str, comm: &'static str) {
         6,
         "event",
         &event_sd(first),
-        &app,
-        tracer_pid,
-        input,
+        &origin,
     );
     let shadow = run
         .events()
@@ -431,9 +443,7 @@ fn end_to_end(transport: &str, comm: &'static str) {
         5,
         "event",
         &event_sd(shadow),
-        &app,
-        tracer_pid,
-        input,
+        &origin,
     );
     let alert = run
         .alerts_of(shadow)
@@ -448,16 +458,7 @@ fn end_to_end(transport: &str, comm: &'static str) {
         "[{SD_ID} rule=\"sensitive-credentials-link\" severity=\"critical\" seq=\"{}\" pid=\"{}\" uid=\"{}\"]",
         shadow["seq"], shadow["pid"], shadow["uid"]
     );
-    expect_message(
-        alert_message,
-        alert,
-        2,
-        "alert",
-        &alert_sd,
-        &app,
-        tracer_pid,
-        input,
-    );
+    expect_message(alert_message, alert, 2, "alert", &alert_sd, &origin);
     let stats = messages.iter().find(|m| m["msgid"] == "stats").unwrap();
     assert_eq!(
         stats["pri"],
