@@ -28,7 +28,7 @@ use std::{
 
 use super::{Batch, DeliverError, Rendered, SinkError, Transport};
 use crate::{
-    config::{OutputFormat, SyslogOutput, SyslogTransport},
+    config::{OutputConfig, OutputFormat, SyslogOutput, SyslogTransport},
     event::Record,
     rules::Severity,
 };
@@ -365,8 +365,8 @@ enum Link {
 
 impl Syslog {
     /// Resolves the address and connects. A TCP server or local socket that
-    /// is not there yet is not an error: the sink retries with backoff (a
-    /// warning says so). A bad or unresolvable address is.
+    /// is not there yet is not an error: the sink warns and retries with
+    /// backoff. A bad or unresolvable address is.
     pub fn open(config: &SyslogOutput) -> io::Result<Syslog> {
         let facility = facility_code(&config.facility).ok_or_else(|| {
             io::Error::new(
@@ -409,28 +409,16 @@ impl Syslog {
             },
         };
         let mut sink = Syslog {
-            name: format!(
-                "syslog+{}:{}",
-                match config.transport {
-                    SyslogTransport::Udp => "udp",
-                    SyslogTransport::Tcp => "tcp",
-                    SyslogTransport::Unix => "unix",
-                },
-                config.address
-            ),
+            name: OutputConfig::Syslog(config.clone()).name(),
             formatter,
             link,
             message: Vec::new(),
             backoff: Backoff::new(),
             down: None,
         };
-        if !matches!(sink.link, Link::Udp { .. })
-            && let Err(e) = sink.connect()
-        {
-            eprintln!(
-                "link-trace: warning: output {}: {e}; retrying with backoff, records are dropped and counted until then",
-                sink.name
-            );
+        if !matches!(sink.link, Link::Udp { .. }) {
+            // A failure warns (went_down) and starts the backoff.
+            let _ = sink.connect();
         }
         Ok(sink)
     }
