@@ -20,6 +20,7 @@ use toml::Spanned;
 use crate::{
     cli::{Cli, RuleArgs},
     rules::{RULES_DIR, Sources},
+    sink::syslog,
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/link-trace/config.toml";
@@ -174,6 +175,8 @@ pub struct SyslogOutput {
     /// RFC 5424 facility name (auth, authpriv, daemon, local0 … local7, …).
     pub facility: String,
     pub app_name: String,
+    /// Longer messages are cut (at a UTF-8 boundary) and marked as cut.
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -206,6 +209,7 @@ struct RawOutput {
     address: Option<Spanned<String>>,
     facility: Option<Spanned<String>>,
     app_name: Option<Spanned<String>>,
+    max_message_bytes: Option<Spanned<i64>>,
 }
 
 /// A problem with one value: its place in the text and what is wrong.
@@ -224,7 +228,13 @@ impl RawOutput {
             OutputType::Stdout => &[],
             OutputType::File => &["path", "max_bytes", "keep", "fsync"],
             OutputType::Unix => &["path", "mode", "subscriber_buffer"],
-            OutputType::Syslog => &["transport", "address", "facility", "app_name"],
+            OutputType::Syslog => &[
+                "transport",
+                "address",
+                "facility",
+                "app_name",
+                "max_message_bytes",
+            ],
         };
         for (name, span) in [
             ("path", self.path.as_ref().map(Spanned::span)),
@@ -240,6 +250,10 @@ impl RawOutput {
             ("address", self.address.as_ref().map(Spanned::span)),
             ("facility", self.facility.as_ref().map(Spanned::span)),
             ("app_name", self.app_name.as_ref().map(Spanned::span)),
+            (
+                "max_message_bytes",
+                self.max_message_bytes.as_ref().map(Spanned::span),
+            ),
         ] {
             if let Some(span) = span
                 && !takes.contains(&name)
@@ -329,14 +343,54 @@ impl RawOutput {
                         ));
                     }
                 };
+                let facility = match &self.facility {
+                    None => default_facility(),
+                    Some(f) if syslog::facility_code(f.get_ref()).is_some() => f.get_ref().clone(),
+                    Some(f) => {
+                        return Err((
+                            f.span(),
+                            format!(
+                                "facility must be one of {}",
+                                syslog::FACILITIES.map(|(name, _)| name).join(", ")
+                            ),
+                        ));
+                    }
+                };
+                let app_name = match &self.app_name {
+                    None => default_app_name(),
+                    Some(a) if syslog::valid_app_name(a.get_ref()) => a.get_ref().clone(),
+                    Some(a) => {
+                        return Err((
+                            a.span(),
+                            "app_name must be 1 to 48 printable ASCII characters, no spaces".into(),
+                        ));
+                    }
+                };
+                let max_message_bytes = match &self.max_message_bytes {
+                    None => syslog::DEFAULT_MAX_MESSAGE,
+                    Some(m) => usize::try_from(*m.get_ref())
+                        .ok()
+                        .filter(|m| {
+                            (syslog::MIN_MAX_MESSAGE..=syslog::DEFAULT_MAX_MESSAGE).contains(m)
+                        })
+                        .ok_or((
+                            m.span(),
+                            format!(
+                                "max_message_bytes must be between {} and {}",
+                                syslog::MIN_MAX_MESSAGE,
+                                syslog::DEFAULT_MAX_MESSAGE
+                            ),
+                        ))?,
+                };
                 OutputConfig::Syslog(SyslogOutput {
                     transport,
                     address,
                     format,
                     queue,
                     alerts_only,
-                    facility: value(&self.facility).unwrap_or_else(default_facility),
-                    app_name: value(&self.app_name).unwrap_or_else(default_app_name),
+                    facility,
+                    app_name,
+                    max_message_bytes,
                 })
             }
         })
@@ -785,6 +839,33 @@ alerts_only = true
         assert!(e.contains("subscriber_buffer must be"), "{e}");
         let e = OutputConfig::parse_flag("file:/x,subscriber_buffer=262144").unwrap_err();
         assert!(e.contains("not an option of a File output"), "{e}");
+    }
+
+    #[test]
+    fn syslog_options_are_checked() {
+        let out = OutputConfig::parse_flag(
+            "syslog+udp:127.0.0.1:514,facility=local3,app_name=lt,max_message_bytes=2048",
+        )
+        .unwrap();
+        assert!(matches!(&out, OutputConfig::Syslog(s)
+            if s.facility == "local3" && s.app_name == "lt" && s.max_message_bytes == 2048));
+        let out = OutputConfig::parse_flag("syslog").unwrap();
+        assert!(matches!(&out, OutputConfig::Syslog(s)
+            if s.transport == SyslogTransport::Unix && s.address == "/dev/log"
+                && s.facility == "authpriv" && s.max_message_bytes == 65507));
+        let e = parse("[[output]]\ntype = \"syslog\"\nfacility = \"local9\"\n").unwrap_err();
+        assert!(
+            e.contains("line 3") && e.contains("facility must be one of"),
+            "{e}"
+        );
+        let e = parse("[[output]]\ntype = \"syslog\"\n\napp_name = \"a b\"\n").unwrap_err();
+        assert!(e.contains("line 4") && e.contains("app_name"), "{e}");
+        let e = OutputConfig::parse_flag("syslog+tcp:h:1,max_message_bytes=100").unwrap_err();
+        assert!(e.contains("between 2048 and 65507"), "{e}");
+        let e = OutputConfig::parse_flag("syslog+tcp").unwrap_err();
+        assert!(e.contains("needs an address"), "{e}");
+        let e = OutputConfig::parse_flag("file:/x,facility=local3").unwrap_err();
+        assert!(e.contains("facility is not an option"), "{e}");
     }
 
     #[test]

@@ -214,11 +214,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     );
     for (report, error) in &summary.sinks {
         eprintln!(
-            "link-trace: output {}: {} events delivered, {} dropped (queue full), {} dropped (output failed){}",
+            "link-trace: output {}: {} events delivered, {} dropped (queue full), {} dropped (output failed){}{}",
             report.name,
             report.delivered_events,
             report.dropped_queue_full_events,
             report.dropped_failed_events,
+            match report.truncated_records {
+                0 => String::new(),
+                n => format!(", {n} records truncated to fit"),
+            },
             error
                 .as_deref()
                 .map(|e| format!("; last error: {e}"))

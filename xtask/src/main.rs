@@ -19,6 +19,7 @@ mod bench;
 /// bpf-linker release known to build against the nightly toolchain's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
+const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -29,7 +30,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build needs: nightly rust-src and bpf-linker.
+    /// Install what the build and tests need: nightly rust-src, bpf-linker
+    /// and rsyslog (the syslog tests run a real rsyslogd of their own).
     Setup,
     /// Set up, then build link-trace (release).
     Build,
@@ -143,6 +145,74 @@ fn setup() -> anyhow::Result<()> {
     let installed = output_of(command("bpf-linker").arg("--version")).unwrap_or_default();
     if !installed.contains(BPF_LINKER_VERSION) {
         install_bpf_linker()?;
+    }
+    ensure_rsyslog()
+}
+
+/// The syslog sink's tests start their own rsyslogd (own config, ports and
+/// socket); the package is installed only when `rsyslogd` is missing, with
+/// its service kept from starting: no system daemon is needed or wanted.
+fn ensure_rsyslog() -> anyhow::Result<()> {
+    let present = || Path::new(RSYSLOGD).exists();
+    if present() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "xtask: warning: rsyslogd is missing and only root can install it (apt-get install rsyslog); the syslog tests need it"
+        );
+        return Ok(());
+    }
+    // Debian asks /usr/sbin/policy-rc.d whether a package may start its
+    // service; 101 means no. One is put in place for the install only if
+    // the machine has none (container images usually do).
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        fs::write(
+            policy,
+            "#!/bin/sh\n# written by cargo xtask setup while it installs rsyslog\nexit 101\n",
+        )
+        .context("write /usr/sbin/policy-rc.d")?;
+        fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let install = || {
+        run_step(
+            "install rsyslog (for the syslog sink's tests; its service is not started)",
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "rsyslog"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    let result = install().or_else(|_| {
+        run_step(
+            "update the package lists",
+            Command::new("apt-get").arg("update"),
+        )
+        .and_then(|()| install())
+    });
+    if own_policy {
+        let _ = fs::remove_file(policy);
+    }
+    result?;
+    if !present() {
+        bail!("{RSYSLOGD} is still missing after apt-get install rsyslog");
+    }
+    let running: Vec<String> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == "rsyslogd")
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !running.is_empty() {
+        eprintln!(
+            "xtask: warning: an rsyslogd is running (pid {}); the tests do not use it",
+            running.join(", ")
+        );
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod stdout;
+pub mod syslog;
 pub mod unix;
 
 use std::{
@@ -64,7 +65,8 @@ impl From<SinkError> for DeliverError {
     }
 }
 
-/// Rendered records, each a complete line ending in `\n`.
+/// Rendered records: each a complete line ending in `\n`, unless the
+/// transport renders its own messages (`Transport::render`, e.g. syslog).
 #[derive(Debug, Default)]
 pub struct Batch {
     pub bytes: Vec<u8>,
@@ -102,8 +104,23 @@ impl Batch {
     }
 }
 
+/// Whether a record went into its batch whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rendered {
+    Whole,
+    /// Cut to fit the destination's size limit (and marked as cut).
+    Truncated,
+}
+
 /// Where a sink's bytes go.
 pub trait Transport: Send {
+    /// Appends one record to the batch's bytes: by default the output
+    /// format's line; a transport with a message format of its own (syslog)
+    /// overrides it.
+    fn render(&mut self, format: OutputFormat, record: &Record, out: &mut Vec<u8>) -> Rendered {
+        render(format, record, out);
+        Rendered::Whole
+    }
     /// Delivers a whole batch, or says how much of it got through.
     fn deliver(&mut self, batch: &Batch) -> Result<(), DeliverError>;
     /// Called when the queue has been idle for a while: reconnect, accept
@@ -148,6 +165,9 @@ pub struct SinkCounters {
     pub dropped_queue_full: Count,
     /// Dropped because the destination failed.
     pub dropped_failed: Count,
+    /// Cut to the destination's size limit (syslog `max_message_bytes`);
+    /// also counted as delivered or dropped.
+    pub truncated: Count,
     /// The destination is gone for good.
     pub closed: AtomicBool,
     /// The last failure, for the exit summary.
@@ -182,6 +202,10 @@ pub struct SinkReport {
     pub dropped_queue_full_events: u64,
     pub dropped_failed_records: u64,
     pub dropped_failed_events: u64,
+    #[serde(default)]
+    pub truncated_records: u64,
+    #[serde(default)]
+    pub truncated_events: u64,
     pub closed: bool,
     /// Socket outputs only: their subscribers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,6 +224,8 @@ impl SinkCounters {
             dropped_queue_full_events: self.dropped_queue_full.events.load(Relaxed),
             dropped_failed_records: self.dropped_failed.records.load(Relaxed),
             dropped_failed_events: self.dropped_failed.events.load(Relaxed),
+            truncated_records: self.truncated.records.load(Relaxed),
+            truncated_events: self.truncated.events.load(Relaxed),
             closed: self.closed.load(Relaxed),
             subscribers: self.subscribers.as_ref().map(|s| s.report()),
         }
@@ -294,14 +320,11 @@ pub fn open(config: &OutputConfig) -> Result<Opened, OpenError> {
                 error,
             })?)
         }
-        other => {
-            return Err(OpenError {
-                name: other.name(),
-                error: io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "this output type is not built yet",
-                ),
-            });
+        OutputConfig::Syslog(syslog) => {
+            Box::new(syslog::Syslog::open(syslog).map_err(|error| OpenError {
+                name: config.name(),
+                error,
+            })?)
         }
     };
     Ok(Opened {
@@ -358,7 +381,7 @@ fn run_sink(
     while open {
         // Block for the first record, then take what is queued, up to a batch.
         match rx.recv_timeout(IDLE_TICK) {
-            Ok(record) => push(&mut batch, format, &record, counters),
+            Ok(record) => push(&mut batch, &mut *transport, format, &record, counters),
             Err(RecvTimeoutError::Timeout) => {
                 if !counters.closed.load(Relaxed) {
                     transport.idle();
@@ -369,7 +392,7 @@ fn run_sink(
         }
         while batch.bytes.len() < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(record) => push(&mut batch, format, &record, counters),
+                Ok(record) => push(&mut batch, &mut *transport, format, &record, counters),
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -387,9 +410,17 @@ fn run_sink(
     }
 }
 
-fn push(batch: &mut Batch, format: OutputFormat, record: &Record, counters: &SinkCounters) {
+fn push(
+    batch: &mut Batch,
+    transport: &mut dyn Transport,
+    format: OutputFormat,
+    record: &Record,
+    counters: &SinkCounters,
+) {
     counters.queue_depth.fetch_sub(1, Relaxed);
-    render(format, record, &mut batch.bytes);
+    if transport.render(format, record, &mut batch.bytes) == Rendered::Truncated {
+        counters.truncated.add(1, u64::from(record.is_event()));
+    }
     batch.ends.push(batch.bytes.len());
     batch.is_event.push(record.is_event());
 }

@@ -12,6 +12,7 @@ mod metrics;
 mod privileges;
 mod rules;
 mod sinks;
+mod syslog;
 
 use std::{
     os::unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
