@@ -161,10 +161,12 @@ action(type="omfile" file="{output}" template="fields")
         assert!(status.success(), "rsyslogd exited with {status}");
     }
 
-    /// Every message received from `app_name`, in order.
+    /// Every message received from `app_name`, in order. rsyslog may be
+    /// writing the last line as we read: only whole lines count.
     fn messages(&self, app_name: &str) -> Vec<Value> {
-        std::fs::read_to_string(&self.output)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.output).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
             .lines()
             .map(|line| {
                 serde_json::from_str::<Value>(line)
