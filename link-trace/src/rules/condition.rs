@@ -118,6 +118,9 @@ pub enum Condition {
         /// pattern that it contains all of, in order, which rules most
         /// values out without running globset.
         literals: Vec<GlobLiterals>,
+        /// What the heads of all patterns allow at the first bytes: rules
+        /// out most values before trying any pattern.
+        heads: HeadBytes,
     },
     Exists {
         field: Field,
@@ -313,6 +316,47 @@ impl GlobLiterals {
     }
 }
 
+/// Bytes the patterns' literal heads allow at each of the first positions
+/// (up to the shortest head, at most `HEAD_BYTES`). Every value a pattern
+/// matches starts with its head, so a value whose byte at one of these
+/// positions is allowed by no head matches no pattern. Paths mostly differ
+/// from the patterns within their first bytes ("/home" vs "/etc"): this
+/// settles them with a few table look-ups instead of one check per pattern.
+#[derive(Debug, Clone)]
+pub struct HeadBytes {
+    allowed: Vec<[u64; 4]>,
+}
+
+const HEAD_BYTES: usize = 6;
+
+impl HeadBytes {
+    pub fn of(literals: &[GlobLiterals]) -> HeadBytes {
+        let positions = literals
+            .iter()
+            .map(|l| l.head.len())
+            .min()
+            .unwrap_or(0)
+            .min(HEAD_BYTES);
+        let mut allowed = vec![[0u64; 4]; positions];
+        for literal in literals {
+            for (set, &byte) in allowed.iter_mut().zip(&literal.head) {
+                set[usize::from(byte >> 6)] |= 1 << (byte & 63);
+            }
+        }
+        HeadBytes { allowed }
+    }
+
+    /// False when `value` can match none of the patterns.
+    pub fn may_match(&self, value: &[u8]) -> bool {
+        value.len() >= self.allowed.len()
+            && self
+                .allowed
+                .iter()
+                .zip(value)
+                .all(|(set, &byte)| set[usize::from(byte >> 6)] >> (byte & 63) & 1 != 0)
+    }
+}
+
 fn glob_set(patterns: &Spanned<OneOrMany>) -> Result<GlobSet, Located> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns.get_ref().clone().into_vec() {
@@ -464,16 +508,18 @@ fn compile_test(
         }
         if let Some(patterns) = &r.glob {
             text_only("glob", patterns.span())?;
+            let literals: Vec<GlobLiterals> = patterns
+                .get_ref()
+                .clone()
+                .into_vec()
+                .iter()
+                .map(|p| GlobLiterals::of(p))
+                .collect();
             return Ok(Condition::Glob {
                 field,
                 globs: glob_set(patterns)?,
-                literals: patterns
-                    .get_ref()
-                    .clone()
-                    .into_vec()
-                    .iter()
-                    .map(|p| GlobLiterals::of(p))
-                    .collect(),
+                heads: HeadBytes::of(&literals),
+                literals,
             });
         }
         match &r.exists {
@@ -513,9 +559,11 @@ impl Condition {
                 field,
                 globs,
                 literals,
+                heads,
             } => any_str(field.get(e), |s| {
                 use std::os::unix::ffi::OsStrExt;
-                literals.iter().any(|l| l.may_match(s))
+                heads.may_match(s)
+                    && literals.iter().any(|l| l.may_match(s))
                     && globs.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(s)))
             }),
             Condition::Exists { field, exists } => (field.get(e) != Value::Null) == *exists,
@@ -698,6 +746,8 @@ mod tests {
             ("/a/\\*b*c", "/a/*bc", "/a/*bd"),
         ] {
             let literals = GlobLiterals::of(pattern);
+            let heads = HeadBytes::of(std::slice::from_ref(&literals));
+            assert!(heads.may_match(matching.as_bytes()), "{pattern} {matching}");
             let glob = GlobBuilder::new(pattern)
                 .literal_separator(true)
                 .build()
@@ -714,6 +764,61 @@ mod tests {
                 "{pattern} rules out {other}"
             );
         }
+    }
+
+    #[test]
+    fn head_bytes_never_rule_out_a_match_of_any_pattern() {
+        let patterns = [
+            "/etc/shadow",
+            "/etc/cron.d/**",
+            "/var/spool/cron/**",
+            "/home/*/.config/systemd/user/**",
+            "/lib/systemd/system/**",
+            "/proc/*/fd/*",
+            "/a/{b,c}d",
+            "/e[tx]c/x",
+        ];
+        let literals: Vec<GlobLiterals> = patterns.iter().map(|p| GlobLiterals::of(p)).collect();
+        let heads = HeadBytes::of(&literals);
+        let values = [
+            "/etc/shadow",
+            "/etc/cron.d/job",
+            "/var/spool/cron/root",
+            "/home/a/.config/systemd/user/x.service",
+            "/lib/systemd/system/a",
+            "/proc/1/fd/3",
+            "/a/bd",
+            "/a/cd",
+            "/etc/x",
+            "/exc/x",
+            "/var/cache/apt/x.deb",
+            "/srv/data/x",
+            "/usr/bin/x",
+            "/e",
+            "",
+            "/",
+        ];
+        let mut ruled_out = 0;
+        for value in values {
+            let matched = patterns.iter().any(|p| {
+                GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .unwrap()
+                    .compile_matcher()
+                    .is_match(value)
+            });
+            let may = heads.may_match(value.as_bytes());
+            assert!(!matched || may, "{value} matches but was ruled out");
+            ruled_out += usize::from(!may);
+        }
+        // The shortest head ("/e") makes two positions: "/srv/…", "/usr/…",
+        // "" and "/" are ruled out; "/var/cache/…" passes for "/var/spool".
+        assert_eq!(ruled_out, 4);
+        // A pattern without a literal head (`*.lock`) rules out nothing.
+        let loose = HeadBytes::of(&[GlobLiterals::of("*.lock"), GlobLiterals::of("/x")]);
+        assert!(loose.may_match(b""));
     }
 
     #[test]
