@@ -250,15 +250,12 @@ impl Field {
         }
     }
 
-    /// Whether `e` is a context record (unlink, rename) that lacks this
-    /// field; the fields it lacks are null in it (see
-    /// `event::ContextEvent`). The field is looked at first: most fields
-    /// exist in every record, and that spares the syscall name compares.
+    /// Whether a context record (unlink, rename) lacks this field; the
+    /// fields it lacks are null in it (see `event::ContextEvent`).
     fn absent_in_context(self, e: &LinkEvent) -> bool {
         use Field::*;
         match self {
-            ArgsChanged | CgroupId => e.is_context(),
-            // Only unlink and unlinkat, context records, lack a new path.
+            ArgsChanged | CgroupId => true,
             NewDirfd | Path(Side::New, _) => !e.has_newpath(),
             _ => false,
         }
@@ -267,7 +264,7 @@ impl Field {
     /// This field's value in `e`.
     pub fn get(self, e: &LinkEvent) -> Value<'_> {
         use Field::*;
-        if self.absent_in_context(e) {
+        if e.is_context() && self.absent_in_context(e) {
             return Value::Null;
         }
         let int = |v: u64| Value::Int(i128::from(v));
