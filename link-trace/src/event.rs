@@ -279,18 +279,18 @@ pub trait PathPrefix {
 }
 
 pub struct PathNames {
-    path: &'static str,
-    b64: &'static str,
-    truncated: &'static str,
-    error: &'static str,
-    resolved: &'static str,
-    resolved_b64: &'static str,
-    resolution: &'static str,
-    resolution_error: &'static str,
-    at_exit: &'static str,
-    at_exit_b64: &'static str,
-    canonical: &'static str,
-    canonical_b64: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) b64: &'static str,
+    pub(crate) truncated: &'static str,
+    pub(crate) error: &'static str,
+    pub(crate) resolved: &'static str,
+    pub(crate) resolved_b64: &'static str,
+    pub(crate) resolution: &'static str,
+    pub(crate) resolution_error: &'static str,
+    pub(crate) at_exit: &'static str,
+    pub(crate) at_exit_b64: &'static str,
+    pub(crate) canonical: &'static str,
+    pub(crate) canonical_b64: &'static str,
 }
 
 macro_rules! path_names {

@@ -18,6 +18,7 @@ pub mod detect;
 pub mod doctor;
 pub mod enrich;
 pub mod event;
+pub mod event_json;
 pub mod formats;
 pub mod klog;
 pub mod loader;

@@ -118,6 +118,9 @@ pub enum Condition {
         /// pattern that it contains all of, in order, which rules most
         /// values out without running globset.
         literals: Vec<GlobLiterals>,
+        /// The first bytes of each head: rules out most patterns before
+        /// their `literals` are looked at.
+        heads: HeadKeys,
     },
     Exists {
         field: Field,
@@ -313,6 +316,52 @@ impl GlobLiterals {
     }
 }
 
+/// The first bytes of each pattern's literal head (up to the shortest
+/// head, at most 8), packed in a u64. Every value a pattern matches starts
+/// with its head, so a pattern whose key differs from the value's first
+/// bytes cannot match it. Paths mostly differ from the patterns within
+/// their first bytes ("/home" vs "/etc"): one integer compare per pattern
+/// settles them instead of a `GlobLiterals::may_match` call.
+#[derive(Debug, Clone)]
+pub struct HeadKeys {
+    len: usize,
+    /// One per pattern, in `literals` order.
+    keys: Vec<u64>,
+}
+
+fn head_key(bytes: &[u8], len: usize) -> u64 {
+    let mut key = [0u8; 8];
+    key[..len].copy_from_slice(&bytes[..len]);
+    u64::from_le_bytes(key)
+}
+
+impl HeadKeys {
+    pub fn of(literals: &[GlobLiterals]) -> HeadKeys {
+        let len = literals
+            .iter()
+            .map(|l| l.head.len())
+            .min()
+            .unwrap_or(0)
+            .min(8);
+        HeadKeys {
+            len,
+            keys: literals.iter().map(|l| head_key(&l.head, len)).collect(),
+        }
+    }
+
+    /// Whether `value` may match one of `literals` (those this was made of).
+    pub fn may_match(&self, literals: &[GlobLiterals], value: &[u8]) -> bool {
+        if value.len() < self.len {
+            return false;
+        }
+        let key = head_key(value, self.len);
+        self.keys
+            .iter()
+            .zip(literals)
+            .any(|(&k, literal)| k == key && literal.may_match(value))
+    }
+}
+
 fn glob_set(patterns: &Spanned<OneOrMany>) -> Result<GlobSet, Located> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns.get_ref().clone().into_vec() {
@@ -464,16 +513,18 @@ fn compile_test(
         }
         if let Some(patterns) = &r.glob {
             text_only("glob", patterns.span())?;
+            let literals: Vec<GlobLiterals> = patterns
+                .get_ref()
+                .clone()
+                .into_vec()
+                .iter()
+                .map(|p| GlobLiterals::of(p))
+                .collect();
             return Ok(Condition::Glob {
                 field,
                 globs: glob_set(patterns)?,
-                literals: patterns
-                    .get_ref()
-                    .clone()
-                    .into_vec()
-                    .iter()
-                    .map(|p| GlobLiterals::of(p))
-                    .collect(),
+                heads: HeadKeys::of(&literals),
+                literals,
             });
         }
         match &r.exists {
@@ -513,9 +564,10 @@ impl Condition {
                 field,
                 globs,
                 literals,
+                heads,
             } => any_str(field.get(e), |s| {
                 use std::os::unix::ffi::OsStrExt;
-                literals.iter().any(|l| l.may_match(s))
+                heads.may_match(literals, s)
                     && globs.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(s)))
             }),
             Condition::Exists { field, exists } => (field.get(e) != Value::Null) == *exists,
@@ -698,6 +750,13 @@ mod tests {
             ("/a/\\*b*c", "/a/*bc", "/a/*bd"),
         ] {
             let literals = GlobLiterals::of(pattern);
+            let one = std::slice::from_ref(&literals);
+            let heads = HeadKeys::of(one);
+            assert!(
+                heads.may_match(one, matching.as_bytes()),
+                "{pattern} {matching}"
+            );
+            assert!(!heads.may_match(one, other.as_bytes()), "{pattern} {other}");
             let glob = GlobBuilder::new(pattern)
                 .literal_separator(true)
                 .build()
@@ -714,6 +773,60 @@ mod tests {
                 "{pattern} rules out {other}"
             );
         }
+    }
+
+    #[test]
+    fn head_keys_never_rule_out_a_match_of_any_pattern() {
+        let patterns = [
+            "/etc/shadow",
+            "/etc/cron.d/**",
+            "/var/spool/cron/**",
+            "/home/*/.config/systemd/user/**",
+            "/lib/systemd/system/**",
+            "/proc/*/fd/*",
+            "/a/{b,c}d",
+            "/e[tx]c/x",
+        ];
+        let literals: Vec<GlobLiterals> = patterns.iter().map(|p| GlobLiterals::of(p)).collect();
+        let heads = HeadKeys::of(&literals);
+        let values = [
+            "/etc/shadow",
+            "/etc/cron.d/job",
+            "/var/spool/cron/root",
+            "/home/a/.config/systemd/user/x.service",
+            "/lib/systemd/system/a",
+            "/proc/1/fd/3",
+            "/a/bd",
+            "/a/cd",
+            "/etc/x",
+            "/exc/x",
+            "/var/cache/apt/x.deb",
+            "/srv/data/x",
+            "/usr/bin/x",
+            "/e",
+            "",
+            "/",
+        ];
+        let mut ruled_out = 0;
+        for value in values {
+            let matched = patterns.iter().any(|p| {
+                GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .unwrap()
+                    .compile_matcher()
+                    .is_match(value)
+            });
+            let may = heads.may_match(&literals, value.as_bytes());
+            assert!(!matched || may, "{value} matches but was ruled out");
+            ruled_out += usize::from(!may);
+        }
+        // "/var/cache/…", "/srv/…", "/usr/…", "/e", "" and "/".
+        assert_eq!(ruled_out, 6);
+        // A pattern without a literal head (`*.lock`) still gets its turn.
+        let loose = [GlobLiterals::of("*.lock"), GlobLiterals::of("/x")];
+        assert!(HeadKeys::of(&loose).may_match(&loose, b"a.lock"));
     }
 
     #[test]
