@@ -17,10 +17,9 @@ pub fn render(format: Format, record: &Record, line: &mut Vec<u8>) {
         // event_json: same bytes, several times faster).
         Format::Json => match record {
             Record::Event(event) => crate::event_json::write_event(event, line),
-            // sonic-rs: the same bytes as serde_json (a test checks).
             // Serializing plain structs into a Vec cannot fail.
             _ => {
-                let _ = sonic_rs::to_writer(&mut *line, record);
+                let _ = serde_json::to_writer(&mut *line, record);
             }
         },
         Format::Text => match record {
