@@ -579,6 +579,15 @@ impl Collector for Exporter {
             MetricType::Counter,
             self.loss_samples(kernel.as_ref()),
         )?;
+        if let Some(kernel) = &kernel {
+            family(
+                encoder,
+                "context_lost",
+                "Context records (unlink, rename) the kernel could not deliver, by reason (as in loss records with record_kind context).",
+                MetricType::Counter,
+                context_loss_samples(kernel),
+            )?;
+        }
         single(
             encoder,
             "alerts_undelivered",
@@ -658,6 +667,20 @@ impl Collector for Exporter {
             m.started.elapsed().as_secs_f64(),
         )
     }
+}
+
+/// The kernel's loss counters of context records, by reason.
+fn context_loss_samples(kernel: &KernelStats) -> Vec<(Labels, u64)> {
+    let totals = kernel.totals();
+    KERNEL_LOSSES
+        .iter()
+        .map(|(stat, reason)| {
+            (
+                vec![("reason", loss_reason_name(*reason).to_string())],
+                totals[crate::stats::index(crate::event::RecordKind::Context, *stat)],
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

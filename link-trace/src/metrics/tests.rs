@@ -231,6 +231,38 @@ fn losses_add_up_cpus_and_every_reason_is_there() {
     assert_eq!(get(&s, "link_trace_alerts_undelivered", &[]), Some(1.0));
     assert_eq!(get(&s, "link_trace_kernel_submitted", &[]), Some(42.0));
     assert_eq!(get(&s, "link_trace_events_decoded", &[]), Some(40.0));
+    // Context records' losses sit in their own block of the kernel's counters.
+    assert_eq!(
+        get(&s, "link_trace_context_lost", &[("reason", "ring_full")]),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn context_losses_have_their_own_family() {
+    let context_ring_full: Stat = Stat::RingFull;
+    let index = crate::stats::index(crate::event::RecordKind::Context, context_ring_full);
+    let mut per_cpu = vec![[0u64; link_trace_common::STATS_ENTRIES as usize]; 2];
+    per_cpu[1][index] = 3;
+    let (s, _, _) = scrape(Exporter {
+        metrics: Arc::new(Metrics::new()),
+        kernel: Box::new(move || {
+            Ok(KernelStats {
+                per_cpu: per_cpu.clone(),
+            })
+        }),
+        sinks: Arc::default(),
+        ring: None,
+    });
+    assert_eq!(
+        get(&s, "link_trace_context_lost", &[("reason", "ring_full")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        get(&s, "link_trace_events_lost", &[("reason", "ring_full")]),
+        Some(0.0),
+        "a context loss is not a link event loss"
+    );
 }
 
 #[test]
