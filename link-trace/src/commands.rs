@@ -187,10 +187,7 @@ pub fn config_check(file: &Path, out: &mut impl Write) -> std::io::Result<bool> 
         settings
             .comms
             .iter()
-            .map(
-                |c| String::from_utf8_lossy(c.split(|&b| b == 0).next().unwrap_or_default())
-                    .into_owned()
-            )
+            .map(|c| String::from_utf8_lossy(crate::event::trim_nul(c)).into_owned())
             .collect::<Vec<_>>()
     )?;
     writeln!(

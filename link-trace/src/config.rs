@@ -19,7 +19,7 @@ use toml::Spanned;
 
 use crate::{
     cli::{Cli, RuleArgs},
-    rules::{RULES_DIR, Sources},
+    rules::RULES_DIR,
     sink::syslog,
 };
 
@@ -664,10 +664,6 @@ impl Settings {
         }
     }
 
-    pub fn rule_sources(&self) -> Sources {
-        self.rules.sources()
-    }
-
     /// The kernel-side filter sets are bounded.
     pub fn check_limits(&self) -> Result<(), ConfigError> {
         for (name, len) in [
@@ -690,41 +686,55 @@ impl Settings {
         Ok(())
     }
 
-    /// Keeps `old`'s values for what only a restart can change.
-    pub fn keep_attach_settings(&mut self, old: &Settings) {
-        self.pids.clone_from(&old.pids);
-        self.uids.clone_from(&old.uids);
-        self.comms.clone_from(&old.comms);
-        self.ring_bytes = old.ring_bytes;
-        self.metrics_listen = old.metrics_listen;
-        self.keep_capabilities = old.keep_capabilities;
-        self.context_events = old.context_events;
-        self.metrics_allow_remote = old.metrics_allow_remote;
-    }
-
-    /// The settings a reload cannot change without reattaching the programs.
-    pub fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        for (name, differs) in [
-            ("pid", self.pids != new.pids),
-            ("uid", self.uids != new.uids),
-            ("comm", self.comms != new.comms),
-            ("ring_bytes", self.ring_bytes != new.ring_bytes),
-            ("metrics_listen", self.metrics_listen != new.metrics_listen),
-            ("context_events", self.context_events != new.context_events),
-            (
-                "keep_capabilities",
-                self.keep_capabilities != new.keep_capabilities,
-            ),
-            (
-                "metrics_allow_remote",
-                self.metrics_allow_remote != new.metrics_allow_remote,
-            ),
-        ] {
-            if differs {
+    /// Keeps `old`'s values for what only a restart can change (the
+    /// programs' filters and ring, the metrics socket, the capabilities)
+    /// and names the settings that differed.
+    pub fn keep_restart_only(&mut self, old: &Settings) -> Vec<&'static str> {
+        fn keep<T: PartialEq + Clone>(
+            changed: &mut Vec<&'static str>,
+            name: &'static str,
+            new: &mut T,
+            old: &T,
+        ) {
+            if new != old {
                 changed.push(name);
+                new.clone_from(old);
             }
         }
+        let mut changed = Vec::new();
+        keep(&mut changed, "pid", &mut self.pids, &old.pids);
+        keep(&mut changed, "uid", &mut self.uids, &old.uids);
+        keep(&mut changed, "comm", &mut self.comms, &old.comms);
+        keep(
+            &mut changed,
+            "ring_bytes",
+            &mut self.ring_bytes,
+            &old.ring_bytes,
+        );
+        keep(
+            &mut changed,
+            "metrics_listen",
+            &mut self.metrics_listen,
+            &old.metrics_listen,
+        );
+        keep(
+            &mut changed,
+            "context_events",
+            &mut self.context_events,
+            &old.context_events,
+        );
+        keep(
+            &mut changed,
+            "keep_capabilities",
+            &mut self.keep_capabilities,
+            &old.keep_capabilities,
+        );
+        keep(
+            &mut changed,
+            "metrics_allow_remote",
+            &mut self.metrics_allow_remote,
+            &old.metrics_allow_remote,
+        );
         changed
     }
 }
@@ -866,6 +876,24 @@ alerts_only = true
         assert!(e.contains("needs an address"), "{e}");
         let e = OutputConfig::parse_flag("file:/x,facility=local3").unwrap_err();
         assert!(e.contains("facility is not an option"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_keeps_what_only_a_restart_changes() {
+        let cli = |args: &[&str]| {
+            let argv = std::iter::once("link-trace").chain(args.iter().copied());
+            Settings::merge(
+                None,
+                FileConfig::default(),
+                &Cli::try_parse_from(argv).unwrap(),
+            )
+        };
+        let old = cli(&["--pid", "1"]);
+        let mut new = cli(&["--pid", "2", "--stats-interval", "9", "--context-events"]);
+        assert_eq!(new.keep_restart_only(&old), ["pid", "context_events"]);
+        assert_eq!((&new.pids[..], new.context_events), (&[1][..], false));
+        assert_eq!(new.stats_interval, 9, "a reload changes the rest");
+        assert!(new.keep_restart_only(&old).is_empty());
     }
 
     #[test]

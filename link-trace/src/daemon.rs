@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     // attached.
     let mut settings = Settings::resolve(&cli)?;
     settings.check_limits()?;
-    let rules = settings.rule_sources().load()?;
+    let rules = settings.rules.sources().load()?;
     let mut rules_in_force = rules.rules.len();
     let warnings = rules.warnings.clone();
     let sinks = settings
@@ -343,7 +343,7 @@ async fn reload(
         .map_err(anyhow::Error::from)
         .and_then(|new| {
             new.check_limits()?;
-            let rules = new.rule_sources().load()?;
+            let rules = new.rules.sources().load()?;
             // Open only the outputs that are new; unchanged ones keep running.
             let opened = new
                 .outputs
@@ -363,13 +363,12 @@ async fn reload(
             return None;
         }
     };
-    let restart_only = old.restart_only_changes(&new);
+    let restart_only = new.keep_restart_only(old);
     if !restart_only.is_empty() {
         eprintln!(
             "link-trace: warning: {} changed; that takes a restart, the old values stay in force",
             restart_only.join(", ")
         );
-        new.keep_attach_settings(old);
     }
     for warning in &rules.warnings {
         eprintln!("link-trace: warning: {warning}");

@@ -468,7 +468,8 @@ pub struct LossRecord {
     pub total: u64,
 }
 
-fn trim_nul(comm: &[u8]) -> &[u8] {
+/// A kernel comm (or any NUL-padded name) without its padding.
+pub(crate) fn trim_nul(comm: &[u8]) -> &[u8] {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     &comm[..end]
 }

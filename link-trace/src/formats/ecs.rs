@@ -387,7 +387,7 @@ fn link_document<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Document<'a> {
 /// name of a rename is in `link_trace.oldpath`.
 fn context_document<'a>(e: &'a LinkEvent, host: &'a HostInfo) -> Document<'a> {
     let mut document = link_document(e, host);
-    let unlink = e.syscall.starts_with("unlink");
+    let unlink = !e.has_newpath();
     document.event.event_type = if unlink { &["deletion"] } else { &["change"] };
     document.event.dataset = "link_trace.context";
     let path = if unlink {

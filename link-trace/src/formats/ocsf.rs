@@ -61,41 +61,34 @@ struct Classification {
     type_name: &'static str,
 }
 
-const FILE_LINK: Classification = Classification {
-    class_uid: 1001,
-    class_name: "File System Activity",
-    category_uid: 1,
-    category_name: "System Activity",
-    activity_id: 99,
-    activity_name: "Link",
-    type_uid: 1001 * 100 + 99,
-    type_name: "File System Activity: Other",
-};
+/// A File System Activity (class 1001) classification; type_uid follows
+/// from the class and the activity.
+const fn file_system_activity(
+    activity_id: u32,
+    activity_name: &'static str,
+    type_name: &'static str,
+) -> Classification {
+    Classification {
+        class_uid: 1001,
+        class_name: "File System Activity",
+        category_uid: 1,
+        category_name: "System Activity",
+        activity_id,
+        activity_name,
+        type_uid: 1001 * 100 + activity_id,
+        type_name,
+    }
+}
+
+const FILE_LINK: Classification = file_system_activity(99, "Link", "File System Activity: Other");
 
 /// Context records (`--context-events`): the class's own Delete and
 /// Rename activities; `file` is the name removed or the old name,
 /// `file_result` the new name of a rename.
-const FILE_DELETE: Classification = Classification {
-    class_uid: 1001,
-    class_name: "File System Activity",
-    category_uid: 1,
-    category_name: "System Activity",
-    activity_id: 4,
-    activity_name: "Delete",
-    type_uid: 1001 * 100 + 4,
-    type_name: "File System Activity: Delete",
-};
-
-const FILE_RENAME: Classification = Classification {
-    class_uid: 1001,
-    class_name: "File System Activity",
-    category_uid: 1,
-    category_name: "System Activity",
-    activity_id: 5,
-    activity_name: "Rename",
-    type_uid: 1001 * 100 + 5,
-    type_name: "File System Activity: Rename",
-};
+const FILE_DELETE: Classification =
+    file_system_activity(4, "Delete", "File System Activity: Delete");
+const FILE_RENAME: Classification =
+    file_system_activity(5, "Rename", "File System Activity: Rename");
 
 const FINDING_CREATED: Classification = Classification {
     class_uid: 2004,
@@ -138,7 +131,7 @@ pub fn render(record: &Record, host: &HostInfo, out: &mut Vec<u8>) {
         Record::Context(context) => {
             let e = &context.0;
             let mut event = link_event(e, host);
-            if e.syscall.starts_with("unlink") {
+            if !e.has_newpath() {
                 event.class = &FILE_DELETE;
                 event.file_result = None;
             } else {

@@ -238,45 +238,22 @@ impl SinkCounters {
     }
 }
 
-/// Every sink that ran since start, current and retired, for reporting.
-/// Written only when sinks are (re)configured, never per record.
+/// The sinks in service, for metrics. Written only when sinks are
+/// (re)configured, never per record.
 #[derive(Debug, Default)]
 pub struct Registry {
-    sinks: Mutex<Vec<(Arc<SinkCounters>, bool)>>,
+    sinks: Mutex<Vec<Arc<SinkCounters>>>,
 }
 
 impl Registry {
     /// Counters of the sinks in service now.
     pub fn current(&self) -> Vec<Arc<SinkCounters>> {
-        self.sinks
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .filter(|(_, live)| *live)
-                    .map(|(c, _)| c.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.sinks.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Counters of every sink since start.
-    pub fn all(&self) -> Vec<Arc<SinkCounters>> {
-        self.sinks
-            .lock()
-            .map(|s| s.iter().map(|(c, _)| c.clone()).collect())
-            .unwrap_or_default()
-    }
-
-    fn set_current(&self, current: &[Arc<SinkCounters>]) {
+    fn set_current(&self, current: Vec<Arc<SinkCounters>>) {
         if let Ok(mut sinks) = self.sinks.lock() {
-            for (counters, live) in sinks.iter_mut() {
-                *live = current.iter().any(|c| Arc::ptr_eq(c, counters));
-            }
-            for counters in current {
-                if !sinks.iter().any(|(c, _)| Arc::ptr_eq(c, counters)) {
-                    sinks.push((counters.clone(), true));
-                }
-            }
+            *sinks = current;
         }
     }
 }
@@ -284,6 +261,8 @@ impl Registry {
 /// A running sink: its queue, counters and thread.
 pub struct Sink {
     pub config: OutputConfig,
+    /// `config`'s alerts_only, read for every record.
+    alerts_only: bool,
     counters: Arc<SinkCounters>,
     queue: SyncSender<Arc<Record>>,
     thread: JoinHandle<()>,
@@ -306,27 +285,19 @@ impl Opened {
 
 /// Opens the destination. Errors name the output.
 pub fn open(config: &OutputConfig) -> Result<Opened, OpenError> {
-    let transport: Box<dyn Transport> = match config {
-        OutputConfig::Stdout(_) => Box::new(stdout::Stdout::new()),
-        OutputConfig::File(file) => {
-            Box::new(file::FileSink::open(file).map_err(|error| OpenError {
-                name: config.name(),
-                error,
-            })?)
-        }
-        OutputConfig::Unix(unix) => {
-            Box::new(unix::UnixSink::open(unix).map_err(|error| OpenError {
-                name: config.name(),
-                error,
-            })?)
-        }
-        OutputConfig::Syslog(syslog) => {
-            Box::new(syslog::Syslog::open(syslog).map_err(|error| OpenError {
-                name: config.name(),
-                error,
-            })?)
-        }
-    };
+    fn boxed(transport: impl Transport + 'static) -> Box<dyn Transport> {
+        Box::new(transport)
+    }
+    let transport = match config {
+        OutputConfig::Stdout(_) => Ok(boxed(stdout::Stdout::new())),
+        OutputConfig::File(file) => file::FileSink::open(file).map(boxed),
+        OutputConfig::Unix(unix) => unix::UnixSink::open(unix).map(boxed),
+        OutputConfig::Syslog(syslog) => syslog::Syslog::open(syslog).map(boxed),
+    }
+    .map_err(|error| OpenError {
+        name: config.name(),
+        error,
+    })?;
     Ok(Opened {
         config: config.clone(),
         transport,
@@ -364,6 +335,7 @@ pub fn start(config: OutputConfig, transport: Box<dyn Transport>) -> Sink {
     });
     Sink {
         config,
+        alerts_only: common.alerts_only,
         counters,
         queue,
         thread,
@@ -507,7 +479,7 @@ async fn fan_out(
     mut control: mpsc::Receiver<Control>,
     registry: Arc<Registry>,
 ) -> OutputSummary {
-    registry.set_current(&sinks.iter().map(|s| s.counters.clone()).collect::<Vec<_>>());
+    registry.set_current(sinks.iter().map(|s| s.counters.clone()).collect());
     let mut retired = Vec::new();
     let mut control_open = true;
     loop {
@@ -525,7 +497,7 @@ async fn fan_out(
                     }));
                     sinks = kept;
                     sinks.extend(new);
-                    registry.set_current(&sinks.iter().map(|s| s.counters.clone()).collect::<Vec<_>>());
+                    registry.set_current(sinks.iter().map(|s| s.counters.clone()).collect());
                 }
                 None => control_open = false,
             },
@@ -566,7 +538,7 @@ fn dispatch(sinks: &[Sink], mut record: Record) {
     let is_alert = matches!(record, Record::Alert(_));
     let record = Arc::new(record);
     for sink in sinks {
-        if sink.config.common().alerts_only && !is_alert {
+        if sink.alerts_only && !is_alert {
             continue;
         }
         sink.counters.queue_depth.fetch_add(1, Relaxed);
