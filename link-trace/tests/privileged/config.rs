@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     AT_FDCWD,
-    harness::{TestDir, Tracer, binary, my_pid, privileged},
+    harness::{TestDir, Tracer, binary, my_pid, privileged, with_comm},
     linkat,
 };
 
@@ -45,20 +45,10 @@ queue = 512
     )
 }
 
-/// The threads that make each test's calls: with the pid, the tracer's
+/// The thread names of each test's calls: with the pid, the tracer's
 /// filter, so other tests of this process do not count.
 const CALLER: &str = "lt-config-test";
 const HUP_CALLER: &str = "lt-config-hup";
-
-/// Runs `calls` on a thread named `comm`.
-fn as_caller(comm: &str, calls: impl FnOnce() + Send + 'static) {
-    std::thread::Builder::new()
-        .name(comm.into())
-        .spawn(calls)
-        .expect("spawn the calling thread")
-        .join()
-        .expect("the calling thread");
-}
 
 const ALERTS_TOO: &str = r#"
 [[output]]
@@ -95,18 +85,16 @@ fn a_config_file_sets_filters_and_several_outputs() {
     let config = dir.join("config.toml");
     std::fs::write(&config, config_text(&my_pid(), CALLER, &rules, ALERTS_TOO)).unwrap();
     let tracer = Tracer::start(&["--config", s(&config)]);
-    let (plain, alert) = (dir.join("plain"), dir.join("alert-1"));
-    let source = src.clone();
-    as_caller(CALLER, move || {
-        linkat(AT_FDCWD, &source, AT_FDCWD, &plain, 0).expect("linkat");
-        linkat(AT_FDCWD, &source, AT_FDCWD, &alert, 0).expect("linkat");
+    with_comm(CALLER, || {
+        linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join("plain"), 0).expect("linkat");
+        linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join("alert-1"), 0).expect("linkat");
         // Another process with the same comm (ln run by that name) is
         // filtered out by the file's pid list.
-        let ln = source.with_file_name(CALLER);
+        let ln = dir.join(CALLER);
         std::os::unix::fs::symlink("/bin/ln", &ln).expect("symlink ln");
         let status = Command::new(&ln)
-            .arg(&source)
-            .arg(source.with_file_name("other-pid"))
+            .arg(&src)
+            .arg(dir.join("other-pid"))
             .status()
             .unwrap();
         assert!(status.success());
@@ -169,9 +157,8 @@ fn sighup_applies_a_new_configuration_and_refuses_a_broken_one() {
     std::fs::write(&config, config_text(&pid, HUP_CALLER, &rules, "")).unwrap();
     let tracer = Tracer::start(&["--config", s(&config)]);
     let link = |name: &str| {
-        let (src, new) = (src.clone(), dir.join(name));
-        as_caller(HUP_CALLER, move || {
-            linkat(AT_FDCWD, &src, AT_FDCWD, &new, 0).expect("linkat")
+        with_comm(HUP_CALLER, || {
+            linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join(name), 0).expect("linkat")
         });
     };
     let wait = |text: &str| {

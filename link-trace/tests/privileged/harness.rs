@@ -315,6 +315,22 @@ pub fn gettid() -> u32 {
 }
 
 /// The calling thread's comm, as the kernel reports it.
+fn set_comm(name: &str) {
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+}
+
+/// Runs `body` with this thread named `comm` (a tracer filter of the
+/// test's own), then restores its name.
+pub fn with_comm<T>(comm: &str, body: impl FnOnce() -> T) -> T {
+    let saved = thread_comm();
+    set_comm(comm);
+    let out = body();
+    set_comm(&saved);
+    out
+}
+
 pub fn thread_comm() -> String {
     std::fs::read_to_string("/proc/thread-self/comm")
         .expect("read comm")

@@ -756,19 +756,13 @@ fn tiny_ring_accounts_for_every_call_exactly() {
     let dir = TestDir::new("/tmp", "tinyring");
     let src = dir.file("src");
     // A comm of our own, so the kernel's counters see this thread's calls only.
-    let saved = harness::thread_comm();
-    let set_comm = |name: &str| {
-        let name = std::ffi::CString::new(name).unwrap();
-        // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
-        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-    };
-    set_comm("lt-tinyring");
-    let tracer = Tracer::start(&["--comm", "lt-tinyring", "--ring-bytes", "4096"]);
-    for i in 0..CALLS {
-        linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join(&format!("n{i}")), 0).expect("linkat");
-    }
-    let run = tracer.stop();
-    set_comm(&saved);
+    let run = harness::with_comm("lt-tinyring", || {
+        let tracer = Tracer::start(&["--comm", "lt-tinyring", "--ring-bytes", "4096"]);
+        for i in 0..CALLS {
+            linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join(&format!("n{i}")), 0).expect("linkat");
+        }
+        tracer.stop()
+    });
     run.assert_clean_exit();
 
     let prefix = format!("{}/n", dir.path.display());

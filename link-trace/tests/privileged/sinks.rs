@@ -24,24 +24,10 @@ use serde_json::Value;
 
 use crate::harness::{
     Run, TestDir, Tracer, caller_fields, expect_fields, linkat, privileged, record_from_line,
+    with_comm,
 };
 
 const AT_FDCWD: i32 = libc::AT_FDCWD;
-
-fn set_comm(name: &str) {
-    let name = std::ffi::CString::new(name).unwrap();
-    // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-}
-
-/// Runs `body` with this thread named `comm`, then restores its name.
-fn with_comm<T>(comm: &str, body: impl FnOnce() -> T) -> T {
-    let saved = crate::harness::thread_comm();
-    set_comm(comm);
-    let out = body();
-    set_comm(&saved);
-    out
-}
 
 fn s(path: &Path) -> &str {
     path.to_str().expect("UTF-8 test path")
