@@ -16,7 +16,10 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::field::{Field, Kind, Value};
+use super::{
+    field::{Field, Kind, Value},
+    screen::Facts,
+};
 
 /// A compile error at a byte range of the rule file.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +124,11 @@ pub enum Condition {
         /// The first bytes of each head: rules out most patterns before
         /// their `literals` are looked at.
         heads: HeadKeys,
+        /// The patterns as written (the engine's `GlobScreen` merges equal
+        /// ones across tests).
+        patterns: Vec<String>,
+        /// This test's bit in the engine's `GlobScreen`, when it has one.
+        screen_bit: Option<u32>,
     },
     Exists {
         field: Field,
@@ -226,12 +234,21 @@ pub struct GlobLiterals {
 
 /// Splits a pattern into its literal runs: `*`, `?`, `[...]` classes,
 /// `{`, `,`, `}` and escaped characters separate them (an escaped
-/// character is left out, which only makes the check looser).
+/// character is left out, which only makes the check looser). A `**`
+/// also takes the slashes next to it: `**/x` matches `x`, `a/**/b` matches
+/// `a/b`.
 fn literal_runs(pattern: &[u8]) -> Vec<&[u8]> {
     let mut runs = Vec::new();
     let (mut start, mut i) = (0, 0);
     while i < pattern.len() {
         let skip_to = match pattern[i] {
+            b'*' if pattern.get(i + 1) == Some(&b'*') => {
+                let end = i + 2 + usize::from(pattern.get(i + 2) == Some(&b'/'));
+                if i > start && pattern[i - 1] == b'/' {
+                    i -= 1;
+                }
+                end
+            }
             b'*' | b'?' | b'{' | b',' | b'}' => i + 1,
             b'\\' => i + 2,
             // A class ends at the first `]` after its first character.
@@ -280,6 +297,11 @@ impl GlobLiterals {
             tail: runs[runs.len() - 1].to_vec(),
             exact: false,
         }
+    }
+
+    /// What every match starts with.
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 
     /// False when `value` cannot match the pattern.
@@ -513,18 +535,15 @@ fn compile_test(
         }
         if let Some(patterns) = &r.glob {
             text_only("glob", patterns.span())?;
-            let literals: Vec<GlobLiterals> = patterns
-                .get_ref()
-                .clone()
-                .into_vec()
-                .iter()
-                .map(|p| GlobLiterals::of(p))
-                .collect();
+            let written = patterns.get_ref().clone().into_vec();
+            let literals: Vec<GlobLiterals> = written.iter().map(|p| GlobLiterals::of(p)).collect();
             return Ok(Condition::Glob {
                 field,
                 globs: glob_set(patterns)?,
                 heads: HeadKeys::of(&literals),
                 literals,
+                patterns: written,
+                screen_bit: None,
             });
         }
         match &r.exists {
@@ -538,39 +557,68 @@ fn compile_test(
 }
 
 impl Condition {
+    /// Whether the condition holds for `e`, every test worked out on its own.
     pub fn matches(&self, e: &crate::event::LinkEvent) -> bool {
+        self.eval(&mut Facts::new(e, None))
+    }
+
+    /// Whether the condition holds for the event of `facts`; glob tests
+    /// with a screen bit ask the screen first. Gives the same answer as
+    /// `matches` (see rules::tests).
+    pub fn eval(&self, facts: &mut Facts<'_, '_>) -> bool {
         match self {
-            Condition::All(list) => list.iter().all(|c| c.matches(e)),
-            Condition::Any(list) => list.iter().any(|c| c.matches(e)),
-            Condition::Not(inner) => !inner.matches(e),
+            Condition::All(list) => list.iter().all(|c| c.eval(facts)),
+            Condition::Any(list) => list.iter().any(|c| c.eval(facts)),
+            Condition::Not(inner) => !inner.eval(facts),
             Condition::Compare { field, op, operand } => {
-                let left = field.get(e);
+                let left = facts.get(*field);
                 let right = match operand {
                     Operand::Literal(lit) => lit_value(lit),
-                    Operand::Field(other) => other.get(e),
+                    Operand::Field(other) => facts.get(*other),
                 };
                 compare(left, *op, right)
             }
             Condition::In { field, values } => {
-                let value = field.get(e);
+                let value = facts.get(*field);
                 values
                     .iter()
                     .any(|lit| compare(value, Op::Eq, lit_value(lit)))
             }
-            Condition::Prefix { field, prefixes } => {
-                any_str(field.get(e), |s| prefixes.iter().any(|p| s.starts_with(p)))
-            }
+            Condition::Prefix { field, prefixes } => any_str(facts.get(*field), |s| {
+                prefixes.iter().any(|p| s.starts_with(p))
+            }),
             Condition::Glob {
                 field,
                 globs,
                 literals,
                 heads,
-            } => any_str(field.get(e), |s| {
-                use std::os::unix::ffi::OsStrExt;
-                heads.may_match(literals, s)
-                    && globs.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(s)))
-            }),
-            Condition::Exists { field, exists } => (field.get(e) != Value::Null) == *exists,
+                screen_bit,
+                ..
+            } => {
+                let value = facts.get(*field);
+                let screened = match (value, screen_bit) {
+                    (Value::Str(_), Some(bit)) => facts.may_match(*field, *bit),
+                    _ => None,
+                };
+                any_str(value, |s| {
+                    use std::os::unix::ffi::OsStrExt;
+                    screened.unwrap_or_else(|| heads.may_match(literals, s))
+                        && globs.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(s)))
+                })
+            }
+            Condition::Exists { field, exists } => (facts.get(*field) != Value::Null) == *exists,
+        }
+    }
+
+    /// Every glob test in the tree, for the engine to give screen bits to.
+    pub fn globs_mut(&mut self, visit: &mut impl FnMut(&mut Condition)) {
+        match self {
+            Condition::All(list) | Condition::Any(list) => {
+                list.iter_mut().for_each(|c| c.globs_mut(visit))
+            }
+            Condition::Not(inner) => inner.globs_mut(visit),
+            Condition::Glob { .. } => visit(self),
+            _ => {}
         }
     }
 }
@@ -772,6 +820,28 @@ mod tests {
                 !literals.may_match(other.as_bytes()),
                 "{pattern} rules out {other}"
             );
+        }
+    }
+
+    #[test]
+    fn a_globstar_takes_the_slashes_next_to_it() {
+        for (pattern, value) in [
+            ("**/authorized_keys", "authorized_keys"),
+            ("/etc/**/x", "/etc/x"),
+            ("/etc/**/x/**/y", "/etc/x/y"),
+            ("a/**/b", "a/b"),
+        ] {
+            let glob = GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .unwrap()
+                .compile_matcher();
+            assert!(glob.is_match(value), "globset: {pattern} {value}");
+            let literals = GlobLiterals::of(pattern);
+            assert!(literals.may_match(value.as_bytes()), "{pattern} {value}");
+            let one = std::slice::from_ref(&literals);
+            assert!(HeadKeys::of(one).may_match(one, value.as_bytes()));
         }
     }
 

@@ -18,6 +18,7 @@
 
 pub mod condition;
 pub mod field;
+pub mod screen;
 pub mod state;
 
 use std::{
@@ -33,6 +34,7 @@ use link_trace_common::SyscallId;
 use self::{
     condition::{Condition, Located, RawCondition, located, parse_field},
     field::Field,
+    screen::{Facts, Screens},
     state::{Cited, Window, WindowState},
 };
 use crate::event::{AlertRecord, LinkEvent, SCHEMA_VERSION};
@@ -578,17 +580,21 @@ impl Sources {
 pub struct Engine {
     rules: Vec<Rule>,
     states: Vec<WindowState>,
+    /// The patterns of the rules' glob tests, screened once per event.
+    screens: Screens,
     pub alerts_raised: u64,
     /// Evictions of rules since replaced.
     evictions_before: u64,
 }
 
 impl Engine {
-    pub fn new(set: RuleSet) -> Self {
+    pub fn new(mut set: RuleSet) -> Self {
         let states = set.rules.iter().map(|_| WindowState::default()).collect();
+        let screens = Screens::build(&mut set.rules);
         Self {
             rules: set.rules,
             states,
+            screens,
             alerts_raised: 0,
             evictions_before: 0,
         }
@@ -600,7 +606,8 @@ impl Engine {
 
     /// Puts a new rule set in force. A stateful rule whose id and window
     /// parameters are unchanged keeps its window state.
-    pub fn replace(&mut self, set: RuleSet) {
+    pub fn replace(&mut self, mut set: RuleSet) {
+        self.screens = Screens::build(&mut set.rules);
         let mut old: Vec<(Rule, WindowState)> = std::mem::take(&mut self.rules)
             .into_iter()
             .zip(std::mem::take(&mut self.states))
@@ -632,21 +639,22 @@ impl Engine {
     pub fn evaluate(&mut self, e: &LinkEvent, alerts: &mut Vec<AlertRecord>) {
         let before = alerts.len();
         let syscall = SyscallSet::of_name(e.syscall);
-        for (rule, state) in self.rules.iter().zip(self.states.iter_mut()) {
+        let mut facts = Facts::new(e, Some(&self.screens));
+        for (index, (rule, state)) in self.rules.iter().zip(self.states.iter_mut()).enumerate() {
             if !rule.syscalls.overlaps(syscall) {
                 continue;
             }
+            let holds = |facts: &mut Facts| facts.may_hold(index) && rule.condition.eval(facts);
             let seqs = match &rule.window {
-                None => rule.condition.matches(e).then(|| vec![Cited::of(e)]),
+                None => holds(&mut facts).then(|| vec![Cited::of(e)]),
                 Some(window) => {
                     let then = rule
                         .then
                         .as_ref()
-                        .filter(|then| then.matches(e))
+                        .filter(|then| then.eval(&mut facts))
                         .and_then(|_| state.then(window, e));
                     then.or_else(|| {
-                        rule.condition
-                            .matches(e)
+                        holds(&mut facts)
                             .then(|| state.count(window, rule.then.is_some(), e))
                             .flatten()
                     })
