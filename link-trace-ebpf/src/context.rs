@@ -321,14 +321,12 @@ fn unlinked(dentry: u64) -> Result<bool, u8> {
 }
 
 /// State of one path walk, on the stack of the program that calls bpf_loop.
+/// The write position is not here but in WALK (see WALK_POS_AT).
 #[repr(C)]
 struct WalkState {
     mount: u64,
     dentry: u64,
     mnt_root: u64,
-    /// Where the path starts in WALK, kept masked (never compared) so the
-    /// verifier can widen it and the loop body converges in a few passes.
-    pos: u64,
     /// Bytes written so far; checked by the decoder, not here.
     total: u64,
     /// WALK_RUNNING, WALK_DONE or a RESOLVE_* error.
@@ -336,6 +334,31 @@ struct WalkState {
 }
 const WALK_RUNNING: u64 = 0;
 const WALK_DONE: u64 = 0xff;
+
+/// Where the walk's write position (the path's start in WALK) lives: a u64
+/// in WALK's unused tail, map memory, whose value the verifier does not
+/// track. On the stack it tracked it exactly, as a range that grew by one
+/// name per pass of bpf_loop's callback, and re-verified the callback until
+/// the range covered all of WALK (~80 passes per call site, half of
+/// link_exit's verification). Read from map memory it is unknown from the
+/// first pass, masked to a range that never changes, and the callback
+/// converges in a few passes.
+const WALK_POS_AT: usize = WALK_CAP - 8;
+// The walk writes below WALK_END (bounded below WALK_END + NAME_MAX + 1 for
+// the verifier), the exit re-read below PATH_READ_MAX.
+const _: () = assert!(WALK_POS_AT > WALK_END + NAME_MAX && WALK_POS_AT >= PATH_READ_MAX);
+
+#[inline(always)]
+fn walk_pos(walk: &Walk) -> u64 {
+    // SAFETY: WALK_POS_AT + 8 == WALK_CAP; an unaligned read of a u64.
+    unsafe { core::ptr::read_unaligned(walk.as_ptr().add(WALK_POS_AT).cast::<u64>()) }
+}
+
+#[inline(always)]
+fn set_walk_pos(walk: &mut Walk, pos: u64) {
+    // SAFETY: as in walk_pos.
+    unsafe { core::ptr::write_unaligned(walk.as_mut_ptr().add(WALK_POS_AT).cast::<u64>(), pos) }
+}
 
 /// Builds the absolute path of (mnt, dentry) back to front, ending at
 /// WALK_END, crossing mount points up to the mount namespace's root (d_path
@@ -346,10 +369,12 @@ fn walk_path(vfsmnt: u64, dentry: u64) -> Result<(usize, u16), u8> {
         mount: vfsmnt - off!(mount_mnt),
         dentry,
         mnt_root: ptr(vfsmnt + off!(vfsmount_mnt_root))?,
-        pos: WALK_END as u64,
         total: 0,
         status: WALK_RUNNING,
     };
+    let walk = crate::WALK.get_ptr_mut(0).ok_or(RESOLVE_READ_FAILED)?;
+    // SAFETY: this CPU's scratch slot.
+    set_walk_pos(unsafe { &mut *walk }, WALK_END as u64);
     // SAFETY: walk_step matches bpf_loop's callback contract and only
     // touches `state` through the pointer it is given.
     unsafe {
@@ -362,10 +387,9 @@ fn walk_path(vfsmnt: u64, dentry: u64) -> Result<(usize, u16), u8> {
     };
     match state.status {
         WALK_DONE => {
-            let walk = crate::WALK.get_ptr_mut(0).ok_or(RESOLVE_READ_FAILED)?;
             // SAFETY: this CPU's scratch slot.
             let walk = unsafe { &mut *walk };
-            let mut pos = (state.pos & 0xfff) as usize;
+            let mut pos = (walk_pos(walk) & 0xfff) as usize;
             if state.total == 0 {
                 pos = WALK_END - 1;
                 walk[pos] = b'/';
@@ -419,7 +443,7 @@ fn step(state: &mut WalkState) -> Result<bool, u8> {
     let walk = crate::WALK.get_ptr_mut(0).ok_or(RESOLVE_READ_FAILED)?;
     // SAFETY: this CPU's scratch slot.
     let walk = unsafe { &mut *walk };
-    let pos = state.pos.wrapping_sub(len + 1) & 0xfff;
+    let pos = walk_pos(walk).wrapping_sub(len + 1) & 0xfff;
     // SAFETY: (pos + 1) & 0x1fff < 4097 and len <= 255, inside WALK_CAP.
     let ret = unsafe {
         bpf_probe_read_kernel(
@@ -432,7 +456,7 @@ fn step(state: &mut WalkState) -> Result<bool, u8> {
         return Err(RESOLVE_READ_FAILED);
     }
     walk[(pos & 0xfff) as usize] = b'/';
-    state.pos = pos;
+    set_walk_pos(walk, pos);
     state.total += len + 1;
     state.dentry = parent;
     Ok(true)
