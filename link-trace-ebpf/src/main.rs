@@ -25,6 +25,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 use link_trace_common::{
     AT_FDCWD, CONTEXT_HEADER_OFFSET, CONTEXT_HEADER_SIZE, CONTEXT_SEG_COUNT, CONTEXT_STATS,
     CTX_CREDS, ContextRecordHeader, DEFAULT_RING_BYTES, EXE_CACHE_ENTRIES, ExeCacheEntry,
@@ -210,7 +211,7 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     if !wanted(tgid, uid) {
         return Ok(());
     }
-    let call = inflight_slot(pid_tgid)?;
+    let call = inflight_slot(ctx, pid_tgid)?;
     // SAFETY: a map value of this thread's key: only this thread touches it
     // (entry and exit of one syscall run on its own task).
     let call = unsafe { &mut *call };
@@ -289,20 +290,22 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
 
 /// This thread's in-flight slot, written in place. Slots are kept between
 /// calls (exit marks them idle instead of deleting them), so the 8 KiB copy
-/// of an insert is paid once per thread, not once per call. A refused
-/// insert is counted (inflight_insert_failed), not logged: an aya-log
-/// message here was three quarters of each entry program's verification.
+/// of an insert is paid once per thread, not once per call.
 #[inline(always)]
-fn inflight_slot(pid_tgid: u64) -> Result<*mut PendingCall, Stat> {
+fn inflight_slot(ctx: &TracePointContext, pid_tgid: u64) -> Result<*mut PendingCall, Stat> {
     if let Some(slot) = INFLIGHT.get_ptr_mut(pid_tgid) {
         return Ok(slot);
     }
     let template = SCRATCH.get_ptr(0).ok_or(Stat::ScratchUnavailable)?;
     // SAFETY: the per-CPU scratch slot, never written: an idle template.
     let template: &PendingCall = unsafe { &*template };
-    INFLIGHT
-        .insert(pid_tgid, template, 0)
-        .map_err(|_| Stat::InflightInsertFailed)?;
+    INFLIGHT.insert(pid_tgid, template, 0).map_err(|_| {
+        warn!(
+            ctx,
+            "link-trace: in-flight map refused tid {}", pid_tgid as u32
+        );
+        Stat::InflightInsertFailed
+    })?;
     INFLIGHT
         .get_ptr_mut(pid_tgid)
         .ok_or(Stat::InflightInsertFailed)

@@ -20,6 +20,7 @@ pub mod enrich;
 pub mod event;
 pub mod event_json;
 pub mod formats;
+pub mod klog;
 pub mod loader;
 pub mod metrics;
 pub mod names;

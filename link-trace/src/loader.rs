@@ -242,6 +242,7 @@ pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
         )))
         .map_err(|e| LoadError::Load(crate::error_chain(&e)))?;
 
+    crate::klog::start(&mut ebpf);
     fill_set(&mut ebpf, "FILTER_TGIDS", &cli.pids)?;
     fill_set(&mut ebpf, "FILTER_UIDS", &cli.uids)?;
     fill_set::<[u8; TASK_COMM_LEN]>(&mut ebpf, "FILTER_COMMS", &cli.comms)?;
