@@ -651,7 +651,7 @@ impl Engine {
                     let then = rule
                         .then
                         .as_ref()
-                        .filter(|then| facts.then_may_hold(index) && then.eval(&mut facts))
+                        .filter(|then| then.eval(&mut facts))
                         .and_then(|_| state.then(window, e));
                     then.or_else(|| {
                         holds(&mut facts)

@@ -129,54 +129,6 @@ pub struct Screens {
     /// The rules (of the first 128) that need one of some screened tests:
     /// skipped when none of those may match. Other rules are always judged.
     screened_rules: u128,
-    /// Distinct field tests (not globs) that rules cannot hold without:
-    /// each judged at most once per event, when a rule first asks.
-    gates: Vec<Condition>,
-    /// Per rule, for its condition and for its `then`: clauses of gate
-    /// bits; the condition can hold only if every clause has a gate that
-    /// holds.
-    clauses: Vec<[Vec<u64>; 2]>,
-}
-
-/// Gates beyond this many are not used (rules needing them are judged in
-/// full).
-const MAX_GATES: usize = u64::BITS as usize;
-
-/// Clauses of field tests `condition` cannot hold without: it holds only
-/// if, for every clause, one of the clause's tests holds. A test is named
-/// by its index in `gates` (added when new; equal tests are one gate).
-fn gate_clauses(condition: &Condition, gates: &mut Vec<(String, Condition)>) -> Vec<u64> {
-    match condition {
-        Condition::All(list) => list.iter().flat_map(|c| gate_clauses(c, gates)).collect(),
-        Condition::Any(list) => {
-            // One of them holds, so the first clause of one of them does.
-            let mut clause = 0;
-            for c in list {
-                match gate_clauses(c, gates).first() {
-                    Some(first) => clause |= first,
-                    None => return Vec::new(),
-                }
-            }
-            vec![clause]
-        }
-        Condition::Not(_) | Condition::Glob { .. } => Vec::new(),
-        Condition::Compare { .. }
-        | Condition::In { .. }
-        | Condition::Prefix { .. }
-        | Condition::Exists { .. } => {
-            // The Debug text names the field, operator and operand.
-            let key = format!("{condition:?}");
-            let index = match gates.iter().position(|(k, _)| *k == key) {
-                Some(index) => index,
-                None if gates.len() < MAX_GATES => {
-                    gates.push((key, condition.clone()));
-                    gates.len() - 1
-                }
-                None => return Vec::new(),
-            };
-            vec![1 << index]
-        }
-    }
 }
 
 /// The screen bits of the glob tests `condition` cannot hold without
@@ -244,19 +196,6 @@ impl Screens {
         for (_, screen) in &mut screens.fields {
             screen.seal();
         }
-        let mut gates = Vec::new();
-        screens.clauses = rules
-            .iter()
-            .map(|rule| {
-                [
-                    gate_clauses(&rule.condition, &mut gates),
-                    rule.then
-                        .as_ref()
-                        .map_or_else(Vec::new, |then| gate_clauses(then, &mut gates)),
-                ]
-            })
-            .collect();
-        screens.gates = gates.into_iter().map(|(_, gate)| gate).collect();
         screens.test_rules = vec![vec![0; MAX_SCREENED as usize]; screens.fields.len()];
         for (index, rule) in rules.iter().enumerate() {
             let required = required_tests(&rule.condition).filter(|_| index < u128::BITS as usize);
@@ -286,9 +225,6 @@ pub struct Facts<'e, 's> {
     screened: [u128; SCREENED_FIELDS],
     /// The rules that may hold (`Screens::test_rules`), one bit each.
     possible_rules: u128,
-    /// The gates judged so far, and which of them hold.
-    gates_known: u64,
-    gates_holding: u64,
 }
 
 impl<'e, 's> Facts<'e, 's> {
@@ -322,26 +258,7 @@ impl<'e, 's> Facts<'e, 's> {
             screens,
             screened,
             possible_rules,
-            gates_known: 0,
-            gates_holding: 0,
         }
-    }
-
-    /// Whether every clause of `clauses` has a gate that holds.
-    fn gates_pass(&mut self, screens: &Screens, clauses: &[u64]) -> bool {
-        clauses.iter().all(|&clause| {
-            let unknown = clause & !self.gates_known;
-            let mut bits = unknown;
-            while bits != 0 {
-                let index = bits.trailing_zeros();
-                if screens.gates[index as usize].eval(self) {
-                    self.gates_holding |= 1 << index;
-                }
-                bits &= bits - 1;
-            }
-            self.gates_known |= unknown;
-            clause & self.gates_holding != 0
-        })
     }
 
     pub fn get(&self, field: Field) -> Value<'e> {
@@ -358,27 +275,8 @@ impl<'e, 's> Facts<'e, 's> {
 
     /// False when rule number `rule`'s condition cannot hold: none of the
     /// glob tests it needs one of may match.
-    pub fn may_hold(&mut self, rule: usize) -> bool {
-        if rule < u128::BITS as usize && self.possible_rules & (1 << rule) == 0 {
-            return false;
-        }
-        self.clauses_pass(rule, 0)
-    }
-
-    /// False when rule number `rule`'s `then` cannot hold: a field test it
-    /// needs does not.
-    pub fn then_may_hold(&mut self, rule: usize) -> bool {
-        self.clauses_pass(rule, 1)
-    }
-
-    fn clauses_pass(&mut self, rule: usize, which: usize) -> bool {
-        let Some(screens) = self.screens else {
-            return true;
-        };
-        match screens.clauses.get(rule) {
-            Some(clauses) => self.gates_pass(screens, &clauses[which]),
-            None => true,
-        }
+    pub fn may_hold(&self, rule: usize) -> bool {
+        rule >= u128::BITS as usize || self.possible_rules & (1 << rule) != 0
     }
 }
 
