@@ -227,7 +227,7 @@ fn operand(
 #[derive(Debug, Clone)]
 pub struct GlobLiterals {
     head: Vec<u8>,
-    middle: Vec<memchr::memmem::Finder<'static>>,
+    middle: Vec<Middle>,
     tail: Vec<u8>,
     exact: bool,
 }
@@ -237,7 +237,7 @@ pub struct GlobLiterals {
 /// character is left out, which only makes the check looser). A `**`
 /// also takes the slashes next to it: `**/x` matches `x`, `a/**/b` matches
 /// `a/b`.
-fn literal_runs(pattern: &[u8]) -> Vec<&[u8]> {
+fn literal_runs(pattern: &[u8]) -> Vec<Range<usize>> {
     let mut runs = Vec::new();
     let (mut start, mut i) = (0, 0);
     while i < pattern.len() {
@@ -261,20 +261,34 @@ fn literal_runs(pattern: &[u8]) -> Vec<&[u8]> {
                 continue;
             }
         };
-        runs.push(&pattern[start..i]);
+        runs.push(start..i);
         i = skip_to.min(pattern.len());
         start = i;
     }
-    runs.push(&pattern[start..]);
+    runs.push(start..pattern.len());
     runs
+}
+
+/// A literal run between a pattern's head and tail.
+#[derive(Debug, Clone)]
+struct Middle {
+    finder: memchr::memmem::Finder<'static>,
+    /// The run starts with `/` and only `*` and `?` stand between it and
+    /// a run whose place is fixed (the head, or runs fixed like this one):
+    /// those match no `/` (`literal_separator`), so the run can only start
+    /// at the first `/` after that run, and is compared there rather than
+    /// searched for.
+    at_next_slash: bool,
 }
 
 impl GlobLiterals {
     pub fn of(pattern: &str) -> GlobLiterals {
-        let runs = literal_runs(pattern.as_bytes());
+        let bytes = pattern.as_bytes();
+        let runs = literal_runs(bytes);
+        let (first, last) = (runs[0].clone(), runs[runs.len() - 1].clone());
         if runs.len() == 1 {
             return GlobLiterals {
-                head: runs[0].to_vec(),
+                head: bytes[first].to_vec(),
                 middle: Vec::new(),
                 tail: Vec::new(),
                 exact: true,
@@ -282,19 +296,26 @@ impl GlobLiterals {
         }
         // A `{a,b}` alternation makes its runs optional: keep only what
         // lies outside the first and last metacharacter then.
-        let middle = if pattern.contains('{') {
-            Vec::new()
-        } else {
-            runs[1..runs.len() - 1]
-                .iter()
-                .filter(|r| !r.is_empty())
-                .map(|r| memchr::memmem::Finder::new(r).into_owned())
-                .collect()
-        };
+        let mut middle = Vec::new();
+        if !pattern.contains('{') {
+            let (mut fixed_end, mut fixed) = (first.end, true);
+            for run in runs[1..runs.len() - 1].iter().filter(|r| !r.is_empty()) {
+                let gap = &bytes[fixed_end..run.start];
+                fixed &= bytes[run.start] == b'/'
+                    && !gap.is_empty()
+                    && gap.iter().all(|&b| b == b'*' || b == b'?')
+                    && !gap.windows(2).any(|w| w == b"**");
+                fixed_end = run.end;
+                middle.push(Middle {
+                    finder: memchr::memmem::Finder::new(&bytes[run.clone()]).into_owned(),
+                    at_next_slash: fixed,
+                });
+            }
+        }
         GlobLiterals {
-            head: runs[0].to_vec(),
+            head: bytes[first].to_vec(),
             middle,
-            tail: runs[runs.len() - 1].to_vec(),
+            tail: bytes[last].to_vec(),
             exact: false,
         }
     }
@@ -329,8 +350,14 @@ impl GlobLiterals {
         }
         let mut rest = &value[self.head.len()..value.len() - self.tail.len()];
         for run in &self.middle {
-            match run.find(rest) {
-                Some(at) => rest = &rest[at + run.needle().len()..],
+            let needle = run.finder.needle();
+            let at = if run.at_next_slash {
+                memchr::memchr(b'/', rest).filter(|&at| rest[at..].starts_with(needle))
+            } else {
+                run.finder.find(rest)
+            };
+            match at {
+                Some(at) => rest = &rest[at + needle.len()..],
                 None => return false,
             }
         }
@@ -820,6 +847,72 @@ mod tests {
                 !literals.may_match(other.as_bytes()),
                 "{pattern} rules out {other}"
             );
+        }
+    }
+
+    #[test]
+    fn runs_after_a_star_are_compared_at_the_next_slash_only_when_their_place_is_fixed() {
+        let fixed = |pattern: &str| -> Vec<bool> {
+            GlobLiterals::of(pattern)
+                .middle
+                .iter()
+                .map(|m| m.at_next_slash)
+                .collect()
+        };
+        assert_eq!(fixed("/home/*/.ssh/**"), [true]);
+        assert_eq!(fixed("/proc/*/task/*/fd/*"), [true, true]);
+        assert_eq!(fixed("/a/?*/b/*"), [true]);
+        // After a searched run, or a globstar, a class or an escape, the
+        // run's place is not fixed; nor is a run that does not start with `/`.
+        assert_eq!(fixed("**/ab*/c/*"), [false, false]);
+        assert_eq!(fixed("/a/**/b/*/c/*"), [false, false]);
+        assert_eq!(fixed("/a/[bc]/d/*"), [false]);
+        assert_eq!(fixed("/a/\\*/d/*"), [false]);
+        assert_eq!(fixed("/a/*x/d*y"), [false]);
+
+        // Random values over a small alphabet: never ruled out when
+        // globset matches them.
+        let patterns = [
+            "/h/*/s/**",
+            "/p/*/t/*/f/*",
+            "**/ab*/c",
+            "/a/?*/b/*",
+            "*/x/*/y",
+            "/a*/b?/c",
+            "/h/*/.s/**/k",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let alphabet = b"/abcfhkpstxy.";
+        for pattern in patterns {
+            let glob = GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .unwrap()
+                .compile_matcher();
+            let literals = GlobLiterals::of(pattern);
+            let mut matched = 0;
+            for _ in 0..20_000 {
+                // The pattern with its wildcards filled at random (slashes
+                // included) and a literal byte changed now and then: many
+                // matches and near misses.
+                let mut value = Vec::new();
+                for &b in pattern.as_bytes() {
+                    let random = |rng: &mut fastrand::Rng| alphabet[rng.usize(0..alphabet.len())];
+                    match b {
+                        b'*' => (0..rng.usize(0..4)).for_each(|_| value.push(random(&mut rng))),
+                        b'?' => value.push(random(&mut rng)),
+                        _ if rng.u8(0..20) == 0 => value.push(random(&mut rng)),
+                        _ => value.push(b),
+                    }
+                }
+                let text = String::from_utf8(value).unwrap();
+                if glob.is_match(&text) {
+                    matched += 1;
+                    assert!(literals.may_match(text.as_bytes()), "{pattern} {text}");
+                }
+            }
+            assert!(matched > 0, "{pattern}: no random value matched");
         }
     }
 

@@ -122,10 +122,13 @@ impl GlobScreen {
 #[derive(Debug, Clone, Default)]
 pub struct Screens {
     fields: Vec<(Field, GlobScreen)>,
-    /// Per rule (in order): when its condition can hold only if one of
-    /// some screened glob tests may match, those tests as (field slot,
-    /// test bits) pairs; the rule is skipped when none may.
-    required: Vec<Option<Vec<(usize, u128)>>>,
+    /// Per field slot, per screen bit: the rules (one bit each, in rule
+    /// order) whose condition can hold only if one of some screened glob
+    /// tests may match, and that test is one of them.
+    test_rules: Vec<Vec<u128>>,
+    /// The rules (of the first 128) that need one of some screened tests:
+    /// skipped when none of those may match. Other rules are always judged.
+    screened_rules: u128,
 }
 
 /// The screen bits of the glob tests `condition` cannot hold without
@@ -193,20 +196,21 @@ impl Screens {
         for (_, screen) in &mut screens.fields {
             screen.seal();
         }
-        screens.required = rules
-            .iter()
-            .map(|rule| {
-                let tests = required_tests(&rule.condition)?;
-                Some(
-                    on_field
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, on)| *on & tests != 0)
-                        .map(|(slot, on)| (slot, on & tests))
-                        .collect(),
-                )
-            })
-            .collect();
+        screens.test_rules = vec![vec![0; MAX_SCREENED as usize]; screens.fields.len()];
+        for (index, rule) in rules.iter().enumerate() {
+            let required = required_tests(&rule.condition).filter(|_| index < u128::BITS as usize);
+            let Some(tests) = required else {
+                continue;
+            };
+            screens.screened_rules |= 1 << index;
+            for (slot, on) in on_field.iter().enumerate() {
+                for bit in 0..MAX_SCREENED {
+                    if on & tests & (1 << bit) != 0 {
+                        screens.test_rules[slot][bit as usize] |= 1 << index;
+                    }
+                }
+            }
+        }
         screens
     }
 }
@@ -216,18 +220,44 @@ pub struct Facts<'e, 's> {
     event: &'e LinkEvent,
     context: bool,
     screens: Option<&'s Screens>,
-    /// Per screened field: its value's screen result, once worked out.
-    screened: [Option<u128>; SCREENED_FIELDS],
+    /// Per screened field: the glob tests its value may match (none when
+    /// it is null, all when it is a list).
+    screened: [u128; SCREENED_FIELDS],
+    /// The rules that may hold (`Screens::test_rules`), one bit each.
+    possible_rules: u128,
 }
 
 impl<'e, 's> Facts<'e, 's> {
-    /// Without screens, every glob test checks its own patterns.
+    /// Without screens, every glob test checks its own patterns. With
+    /// them, every screened field goes through its screen here, once: the
+    /// built-in rules need all of them for nearly every event anyway, and
+    /// one pass leaves `may_hold` a bit test per rule.
     pub fn new(event: &'e LinkEvent, screens: Option<&'s Screens>) -> Self {
+        let context = event.is_context();
+        let mut screened = [0u128; SCREENED_FIELDS];
+        let mut possible_rules = u128::MAX;
+        if let Some(screens) = screens {
+            possible_rules = !screens.screened_rules;
+            for (slot, (field, screen)) in screens.fields.iter().enumerate() {
+                let tests = match field.get_in(event, context) {
+                    Value::Str(s) => screen.may_match(s),
+                    Value::List(_) => u128::MAX,
+                    _ => 0,
+                };
+                screened[slot] = tests;
+                let mut bits = tests;
+                while bits != 0 {
+                    possible_rules |= screens.test_rules[slot][bits.trailing_zeros() as usize];
+                    bits &= bits - 1;
+                }
+            }
+        }
         Facts {
             event,
-            context: event.is_context(),
+            context,
             screens,
-            screened: [None; SCREENED_FIELDS],
+            screened,
+            possible_rules,
         }
     }
 
@@ -235,42 +265,18 @@ impl<'e, 's> Facts<'e, 's> {
         field.get_in(self.event, self.context)
     }
 
-    /// The screen result of the field in `slot`: the glob tests its value
-    /// may match (none when it is null, all when it is a list).
-    fn screen_slot(&mut self, screens: &Screens, slot: usize) -> u128 {
-        if let Some(tests) = self.screened[slot] {
-            return tests;
-        }
-        let (field, screen) = &screens.fields[slot];
-        let tests = match self.get(*field) {
-            Value::Str(s) => screen.may_match(s),
-            Value::List(_) => u128::MAX,
-            _ => 0,
-        };
-        self.screened[slot] = Some(tests);
-        tests
-    }
-
     /// Whether the glob test with screen bit `bit` on `field` may match
     /// (`field`'s value is a string); None without screens.
-    pub fn may_match(&mut self, field: Field, bit: u32) -> Option<bool> {
+    pub fn may_match(&self, field: Field, bit: u32) -> Option<bool> {
         let screens = self.screens?;
         let slot = screens.fields.iter().position(|(f, _)| *f == field)?;
-        Some(self.screen_slot(screens, slot) & (1 << bit) != 0)
+        Some(self.screened[slot] & (1 << bit) != 0)
     }
 
     /// False when rule number `rule`'s condition cannot hold: none of the
     /// glob tests it needs one of may match.
-    pub fn may_hold(&mut self, rule: usize) -> bool {
-        let Some(screens) = self.screens else {
-            return true;
-        };
-        let Some(Some(required)) = screens.required.get(rule) else {
-            return true;
-        };
-        required
-            .iter()
-            .any(|&(slot, tests)| self.screen_slot(screens, slot) & tests != 0)
+    pub fn may_hold(&self, rule: usize) -> bool {
+        rule >= u128::BITS as usize || self.possible_rules & (1 << rule) != 0
     }
 }
 

@@ -58,6 +58,10 @@ struct Group {
 pub struct WindowState {
     groups: LruCache<Vec<u8>, Group>,
     pub evictions: u64,
+    /// The key of the event at hand, built here rather than in a fresh Vec:
+    /// `then` looks a key up for every successful link, and only a new
+    /// group keeps its own copy.
+    key: Vec<u8>,
 }
 
 impl Default for WindowState {
@@ -96,15 +100,16 @@ impl WindowState {
         Self {
             groups: LruCache::new(NonZeroUsize::new(max_groups).unwrap_or(NonZeroUsize::MIN)),
             evictions: 0,
+            key: Vec::new(),
         }
     }
 
-    fn key(window: &Window, e: &LinkEvent) -> Vec<u8> {
-        let mut key = Vec::with_capacity(64);
+    /// Sets `self.key` to `e`'s group key.
+    fn set_key(&mut self, window: &Window, e: &LinkEvent) {
+        self.key.clear();
         for field in &window.group_by {
-            push_key(field.get(e), &mut key);
+            push_key(field.get(e), &mut self.key);
         }
-        key
     }
 
     fn prune(group: &mut Group, window_ns: u64, now: u64) {
@@ -137,7 +142,7 @@ impl WindowState {
     /// returns the records of the window once the threshold is reached (and
     /// empties the window); with `then` the group stays primed.
     pub fn count(&mut self, window: &Window, has_then: bool, e: &LinkEvent) -> Option<Vec<Cited>> {
-        let key = Self::key(window, e);
+        self.set_key(window, e);
         let distinct = window.distinct.map(|field| {
             let mut value = Vec::new();
             push_key(field.get(e), &mut value);
@@ -148,11 +153,12 @@ impl WindowState {
             cited: Cited::of(e),
             distinct,
         };
-        if self.groups.len() == self.groups.cap().get() && !self.groups.contains(&key) {
+        let key = self.key.as_slice();
+        if self.groups.len() == self.groups.cap().get() && !self.groups.contains(key) {
             // The least recently used group makes room.
             self.evictions += 1;
         }
-        let group = self.groups.get_or_insert_mut(key, Group::default);
+        let group = self.groups.get_or_insert_mut_ref(key, Group::default);
         Self::prune(group, window.window_ns, e.boot_ns);
         if group.entries.len() >= MAX_ENTRIES {
             group.entries.pop_front();
@@ -170,8 +176,8 @@ impl WindowState {
     /// threshold within the window, returns the window's records followed by
     /// this event, and empties the window.
     pub fn then(&mut self, window: &Window, e: &LinkEvent) -> Option<Vec<Cited>> {
-        let key = Self::key(window, e);
-        let group = self.groups.peek_mut(&key)?;
+        self.set_key(window, e);
+        let group = self.groups.peek_mut(self.key.as_slice())?;
         Self::prune(group, window.window_ns, e.boot_ns);
         if !Self::reached(window, group) {
             return None;
