@@ -19,8 +19,9 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{FileInfo, LinkEvent, Record, Undelivered, close_and_count},
+    event::{FileInfo, LinkEvent, Record, Undelivered},
     names,
+    pipeline::{Records, close_and_count},
 };
 
 /// How long a directory's realpath is reused, and how many are kept.
@@ -301,25 +302,27 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
     })
 }
 
-/// Runs the stage: takes records from capture, enriches events (context
-/// records pass as they are: they are lean by design), hands them to
-/// output. Returns what it could not hand on.
+/// Runs the stage: takes record batches from capture, enriches events
+/// (context records pass as they are: they are lean by design), hands each
+/// batch to detection. Returns what it could not hand on.
 pub fn spawn(
-    mut rx: mpsc::Receiver<Record>,
-    tx: mpsc::Sender<Record>,
+    mut rx: mpsc::Receiver<Records>,
+    tx: mpsc::Sender<Records>,
 ) -> std::io::Result<std::thread::JoinHandle<Undelivered>> {
     std::thread::Builder::new()
         .name("link-trace-enrich".into())
         .spawn(move || {
             let mut enricher = Enricher::new();
             let mut undelivered = Undelivered::default();
-            while let Some(mut record) = rx.blocking_recv() {
-                if let Record::Event(event) = &mut record {
-                    enricher.enrich(event);
+            while let Some(mut records) = rx.blocking_recv() {
+                for record in &mut records {
+                    if let Record::Event(event) = record {
+                        enricher.enrich(event);
+                    }
                 }
-                if let Err(refused) = tx.blocking_send(record) {
-                    undelivered.count(&refused.0);
-                    // Output is gone: count everything still queued, then stop.
+                if let Err(refused) = tx.blocking_send(records) {
+                    undelivered.count_all(&refused.0);
+                    // Detection is gone: count everything still queued, then stop.
                     undelivered.add(close_and_count(&mut rx));
                     break;
                 }

@@ -141,17 +141,6 @@ impl Undelivered {
     }
 }
 
-/// Closes a stage's input queue and counts the events and context records
-/// still in it: its output is gone, so they will never be delivered.
-pub fn close_and_count(rx: &mut tokio::sync::mpsc::Receiver<Record>) -> Undelivered {
-    rx.close();
-    let mut undelivered = Undelivered::default();
-    while let Ok(record) = rx.try_recv() {
-        undelivered.count(&record);
-    }
-    undelivered
-}
-
 /// Periodic totals (and one at exit): what the kernel handed over, what the
 /// daemon decoded, and every loss reason per CPU, for link events and, in
 /// the `context_*` fields, for context records (unlink, rename).
