@@ -430,7 +430,7 @@ async fn report_stats(
                 Vec::new(),
                 &decoder.clock,
             );
-            let _ = tx.send(vec![Record::Stats(record)]).await;
+            let _ = tx.send(vec![Record::Stats(Box::new(record))]).await;
         }
         Err(e) => eprintln!("link-trace: warning: cannot read kernel counters: {e}"),
     }
@@ -447,7 +447,7 @@ async fn report_losses(
             let records: Records = losses
                 .records(&kernel, decoder.decode_errors, &decoder.clock)
                 .into_iter()
-                .map(Record::Loss)
+                .map(|loss| Record::Loss(Box::new(loss)))
                 .collect();
             if !records.is_empty() {
                 let _ = tx.send(records).await;

@@ -29,8 +29,10 @@ pub enum Record {
     Event(Box<LinkEvent>),
     /// An unlink or rename call, captured for the rules (`kind: "context"`).
     Context(Box<ContextEvent>),
-    Loss(LossRecord),
-    Stats(StatsRecord),
+    // Boxed like the others, so a record is two words: stages move batches
+    // of them, and loss and stats records are rare.
+    Loss(Box<LossRecord>),
+    Stats(Box<StatsRecord>),
     Alert(Box<AlertRecord>),
 }
 

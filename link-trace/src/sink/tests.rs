@@ -355,8 +355,13 @@ fn a_stats_record_in_a_batch_counts_exactly_the_records_before_it() {
     let sink = start(config(64, false), Box::new(memory.clone()));
     let counters = sink.counters.clone();
     let stage = spawn_stage(vec![sink], rx, control_rx, Arc::new(Registry::default())).unwrap();
-    tx.blocking_send(vec![event(), alert(), Record::Stats(stats), event()])
-        .unwrap();
+    tx.blocking_send(vec![
+        event(),
+        alert(),
+        Record::Stats(Box::new(stats)),
+        event(),
+    ])
+    .unwrap();
     drop(tx);
     // Nothing is delivered while the gate is held: when the stats record
     // is dispatched, the two records before it are in the queue or in the
