@@ -238,7 +238,7 @@ fn caller_proc_path<'a>(event: &LinkEvent, resolved: &'a [u8]) -> Cow<'a, Path> 
     let path = Path::new(OsStr::from_bytes(resolved));
     // A path with no "self" in it has no such component: one byte search
     // instead of two component-by-component prefix walks per look-up.
-    if memchr::memmem::find(resolved, b"self").is_none() {
+    if !resolved.windows(4).any(|w| w == b"self") {
         return Cow::Borrowed(path);
     }
     if let Ok(rest) = path.strip_prefix("/proc/self") {
