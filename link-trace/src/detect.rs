@@ -327,20 +327,51 @@ condition = { field = "success", eq = true }
         }
     }
 
-    #[test]
-    fn a_closed_output_counts_the_undelivered() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, out_rx) = mpsc::channel(1);
-        drop(out_rx);
-        let (_reload_tx, reload_rx) = std_mpsc::channel();
-        // The first batch is judged and refused; the second is still queued.
-        tx.try_send(vec![event(), event()]).unwrap();
-        tx.try_send(vec![event()]).unwrap();
+    /// Runs the stage with RULE in force (and `reloads` queued) over
+    /// `input`; returns its summary and what it handed on, or nothing when
+    /// `output_open` is false (output gone before the first batch).
+    fn run_stage(
+        input: Vec<Records>,
+        reloads: Vec<Reload>,
+        output_open: bool,
+    ) -> (DetectSummary, Vec<Records>) {
+        let (tx, rx) = mpsc::channel(input.len().max(1));
+        let (out_tx, mut out_rx) = mpsc::channel(256);
+        let (reload_tx, reload_rx) = std_mpsc::channel();
+        for reload in reloads {
+            reload_tx.send(reload).unwrap();
+        }
+        for batch in input {
+            tx.try_send(batch).unwrap();
+        }
         drop(tx);
+        if !output_open {
+            out_rx.close();
+        }
         let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
         let summary = handle.join().unwrap();
+        let mut out = Vec::new();
+        while let Ok(batch) = out_rx.try_recv() {
+            out.push(batch);
+        }
+        (summary, out)
+    }
+
+    #[test]
+    fn a_closed_output_counts_the_undelivered() {
+        // The first batch is judged and refused; the second is still queued.
+        let (summary, _) = run_stage(vec![vec![event(), event()], vec![event()]], vec![], false);
         assert_eq!(summary.undelivered, 3);
         assert_eq!((summary.alerts, summary.alerts_undelivered), (2, 2));
+    }
+
+    /// A reload to no rules at all, for events after `after_seq`.
+    fn empty_rules_after(after_seq: u64) -> Reload {
+        Reload {
+            after_seq,
+            after_context_seq: 0,
+            rules: RuleSet::default(),
+        }
     }
 
     fn event_seq(seq: u64) -> Record {
@@ -351,49 +382,25 @@ condition = { field = "success", eq = true }
 
     #[test]
     fn a_reload_takes_effect_inside_a_batch_at_its_sequence_number() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, mut out_rx) = mpsc::channel(16);
-        let (reload_tx, reload_rx) = std_mpsc::channel();
-        reload_tx
-            .send(Reload {
-                after_seq: 4,
-                after_context_seq: 0,
-                rules: RuleSet::default(),
-            })
-            .unwrap();
-        tx.try_send((3..=6).map(event_seq).collect()).unwrap();
-        drop(tx);
-        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
-        assert_eq!(
-            handle.join().unwrap().alerts,
-            2,
-            "seqs 3 and 4 under the old rules"
-        );
-        let mut kinds = Vec::new();
-        while let Some(batch) = out_rx.blocking_recv() {
-            kinds.extend(batch.iter().map(|r| match r {
+        let input = vec![(3..=6).map(event_seq).collect()];
+        let (summary, out) = run_stage(input, vec![empty_rules_after(4)], true);
+        assert_eq!(summary.alerts, 2, "seqs 3 and 4 under the old rules");
+        let kinds: Vec<String> = out
+            .iter()
+            .flatten()
+            .map(|r| match r {
                 Record::Event(e) => format!("#{}", e.seq),
                 Record::Alert(a) => format!("alert{:?}", a.event_seqs),
                 _ => "other".into(),
-            }));
-        }
+            })
+            .collect();
         assert_eq!(kinds, ["#3", "alert[3]", "#4", "alert[4]", "#5", "#6"]);
     }
 
     #[test]
     fn output_batches_are_bounded_and_keep_alerts_with_their_event() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, mut out_rx) = mpsc::channel(16);
-        let (_reload_tx, reload_rx) = std_mpsc::channel();
         let count = MAX_BATCH as u64 + 10;
-        tx.try_send((1..=count).map(event_seq).collect()).unwrap();
-        drop(tx);
-        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
-        handle.join().unwrap();
-        let mut batches = Vec::new();
-        while let Some(batch) = out_rx.blocking_recv() {
-            batches.push(batch);
-        }
+        let (_, batches) = run_stage(vec![(1..=count).map(event_seq).collect()], vec![], true);
         assert!(batches.len() > 1, "split into several batches");
         let mut expected_seq = 1;
         for batch in &batches {
@@ -420,47 +427,15 @@ condition = { field = "success", eq = true }
 
     #[test]
     fn reloaded_rules_apply_to_later_events() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, mut out_rx) = mpsc::channel(16);
-        let (reload_tx, reload_rx) = std_mpsc::channel();
-        reload_tx
-            .send(Reload {
-                after_seq: 0,
-                after_context_seq: 0,
-                rules: RuleSet::default(),
-            })
-            .unwrap();
-        tx.try_send(vec![event()]).unwrap();
-        drop(tx);
-        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
-        let summary = handle.join().unwrap();
+        let (summary, out) = run_stage(vec![vec![event()]], vec![empty_rules_after(0)], true);
         assert_eq!(summary.alerts, 0, "the empty rule set was in force");
-        assert!(matches!(
-            out_rx.blocking_recv().as_deref(),
-            Some([Record::Event(_)])
-        ));
+        assert!(matches!(out.concat()[..], [Record::Event(_)]));
     }
 
     #[test]
     fn a_reload_waits_for_the_events_captured_before_it() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, _out_rx) = mpsc::channel(16);
-        let (reload_tx, reload_rx) = std_mpsc::channel();
         // sample events carry seq 3: a reload after seq 3 must not judge it.
-        reload_tx
-            .send(Reload {
-                after_seq: 3,
-                after_context_seq: 0,
-                rules: RuleSet::default(),
-            })
-            .unwrap();
-        tx.try_send(vec![event()]).unwrap();
-        drop(tx);
-        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
-        assert_eq!(
-            handle.join().unwrap().alerts,
-            1,
-            "the old rules judged the earlier event"
-        );
+        let (summary, _) = run_stage(vec![vec![event()]], vec![empty_rules_after(3)], true);
+        assert_eq!(summary.alerts, 1, "the old rules judged the earlier event");
     }
 }
