@@ -14,13 +14,14 @@ pub type Records = Vec<Record>;
 
 /// Most records a stage puts in one batch. The detect stage may add the
 /// alerts of its last event on top.
-pub const MAX_BATCH: usize = 128;
+pub const MAX_BATCH: usize = 64;
 
 /// Batches queued between two stages: at most 1024 records (plus alerts),
-/// as when the queues held single records, so a flood backed up through
-/// every stage stays within the memory budget (an event is ~1-2 KiB in
-/// memory); the kernel ring (8 MiB) is the real buffer.
-pub const STAGE_QUEUE_BATCHES: usize = 8;
+/// as when the queues held single records; with the batch each stage has
+/// in hand (64 records, not one), a flood backed up through every stage
+/// stays within the memory budget (an event is ~1-2 KiB in memory). The
+/// kernel ring (8 MiB) is the real buffer.
+pub const STAGE_QUEUE_BATCHES: usize = 16;
 
 /// A bounded queue between two stages.
 pub fn channel() -> (mpsc::Sender<Records>, mpsc::Receiver<Records>) {
