@@ -6,7 +6,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     clock::WallClock,
-    event::{ContextEvent, LinkEvent, Record},
+    event::{ContextEvent, LinkEvent, Record, Undelivered},
+    pipeline::{MAX_BATCH, Records},
     stats,
 };
 
@@ -63,6 +64,14 @@ impl Decoder {
         }
     }
 
+    /// Counts a batch the next stage refused (it has stopped).
+    pub fn count_undelivered(&mut self, records: &[Record]) {
+        let mut undelivered = Undelivered::default();
+        undelivered.count_all(records);
+        self.undelivered += undelivered.events;
+        self.context_undelivered += undelivered.context;
+    }
+
     pub fn events_decoded(&self) -> u64 {
         self.next_seq - 1
     }
@@ -79,23 +88,27 @@ impl Decoder {
     }
 }
 
-/// Moves every record now in the ring to the output channel. Waits while the
-/// channel is full: the kernel then counts what the ring cannot hold.
-pub async fn drain(ring: &mut RingBuf<MapData>, decoder: &mut Decoder, tx: &mpsc::Sender<Record>) {
+/// Moves every record now in the ring to the next stage, in batches of up
+/// to `MAX_BATCH` records (one wakeup of the next stage per batch). Waits
+/// while the queue is full: the kernel then counts what the ring cannot
+/// hold.
+pub async fn drain(ring: &mut RingBuf<MapData>, decoder: &mut Decoder, tx: &mpsc::Sender<Records>) {
     loop {
-        let record = {
-            let Some(item) = ring.next() else { return };
-            decoder.decode(&item)
-        };
-        if let Some(record) = record {
-            let context = record.is_context();
-            if tx.send(record).await.is_err() {
-                if context {
-                    decoder.context_undelivered += 1;
-                } else {
-                    decoder.undelivered += 1;
-                }
+        let mut batch = Records::new();
+        while batch.len() < MAX_BATCH {
+            let Some(item) = ring.next() else { break };
+            if let Some(record) = decoder.decode(&item) {
+                batch.push(record);
             }
+        }
+        let ring_empty = batch.len() < MAX_BATCH;
+        if !batch.is_empty()
+            && let Err(refused) = tx.send(batch).await
+        {
+            decoder.count_undelivered(&refused.0);
+        }
+        if ring_empty {
+            return;
         }
     }
 }

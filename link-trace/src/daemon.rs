@@ -23,15 +23,12 @@ use crate::{
     event::{Record, RecordKind},
     loader,
     metrics::{self, Exporter, Metrics, RingFill},
+    pipeline::{self, Records},
     rules::{Engine, RuleSet, SyscallSet},
     sink::{self, Control, Registry},
     stats::{self, LossTracker},
 };
 
-/// Records queued between two stages. Small enough that a flood backed up
-/// through all of them stays within the memory budget (an event is ~1-2 KiB
-/// in memory); the kernel ring (8 MiB) is the real buffer.
-const OUTPUT_QUEUE: usize = 1024;
 const LOSS_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Returns whether every output stayed up to the end.
@@ -71,11 +68,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     // Before any other thread starts: threads inherit the reduced sets.
     crate::privileges::drop_unless_kept(settings.keep_capabilities)?;
     let sinks = sinks.into_iter().map(sink::Opened::start).collect();
-    // capture → enrich → detect → output, each joined by a bounded queue;
-    // the output stage fans out to each sink's own queue.
-    let (tx, enrich_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
-    let (enriched_tx, detect_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
-    let (detected_tx, output_rx) = mpsc::channel::<Record>(OUTPUT_QUEUE);
+    // capture → enrich → detect → output, each joined by a bounded queue of
+    // record batches (see pipeline.rs); the output stage fans out to each
+    // sink's own queue.
+    let (tx, enrich_rx) = pipeline::channel();
+    let (enriched_tx, detect_rx) = pipeline::channel();
+    let (detected_tx, output_rx) = pipeline::channel();
     let (reload_tx, reload_rx) = std_mpsc::channel::<Reload>();
     let (control_tx, control_rx) = mpsc::channel::<Control>(4);
     let registry = std::sync::Arc::new(Registry::default());
@@ -420,7 +418,7 @@ async fn reload(
 async fn report_stats(
     stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     decoder: &Decoder,
-    tx: &mpsc::Sender<Record>,
+    tx: &mpsc::Sender<Records>,
 ) {
     match stats::read_kernel(stats) {
         Ok(kernel) => {
@@ -432,7 +430,7 @@ async fn report_stats(
                 Vec::new(),
                 &decoder.clock,
             );
-            let _ = tx.send(Record::Stats(record)).await;
+            let _ = tx.send(vec![Record::Stats(Box::new(record))]).await;
         }
         Err(e) => eprintln!("link-trace: warning: cannot read kernel counters: {e}"),
     }
@@ -442,14 +440,17 @@ async fn report_losses(
     stats: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     losses: &mut LossTracker,
     decoder: &Decoder,
-    tx: &mpsc::Sender<Record>,
+    tx: &mpsc::Sender<Records>,
 ) {
     match stats::read_kernel(stats) {
         Ok(kernel) => {
-            for record in losses.records(&kernel, decoder.decode_errors, &decoder.clock) {
-                if tx.send(Record::Loss(record)).await.is_err() {
-                    break;
-                }
+            let records: Records = losses
+                .records(&kernel, decoder.decode_errors, &decoder.clock)
+                .into_iter()
+                .map(|loss| Record::Loss(Box::new(loss)))
+                .collect();
+            if !records.is_empty() {
+                let _ = tx.send(records).await;
             }
         }
         Err(e) => eprintln!("link-trace: warning: cannot read kernel counters: {e}"),

@@ -11,8 +11,9 @@ use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{Record, close_and_count},
+    event::Record,
     metrics::{Metrics, StageMetrics},
+    pipeline::{MAX_BATCH, Records, close_and_count},
     rules::{Engine, RuleSet},
 };
 
@@ -164,10 +165,12 @@ impl Reload {
     }
 }
 
-/// Runs the stage until its input closes or output goes away.
+/// Runs the stage until its input closes or output goes away. Records
+/// arrive and leave in batches (see pipeline.rs); each record is judged in
+/// order, with the rule set its capture time calls for.
 pub fn spawn(
-    mut rx: mpsc::Receiver<Record>,
-    tx: mpsc::Sender<Record>,
+    mut rx: mpsc::Receiver<Records>,
+    tx: mpsc::Sender<Records>,
     mut detector: Detector,
     reloads: std_mpsc::Receiver<Reload>,
 ) -> std::io::Result<std::thread::JoinHandle<DetectSummary>> {
@@ -175,26 +178,66 @@ pub fn spawn(
         .name("link-trace-detect".into())
         .spawn(move || {
             let mut pending = std::collections::VecDeque::new();
-            while let Some(record) = rx.blocking_recv() {
+            let mut out = Records::new();
+            'input: while let Some(records) = rx.blocking_recv() {
                 pending.extend(reloads.try_iter());
-                while let Some(reload) =
-                    pending.pop_front_if(|r: &mut Reload| r.applies_to(&record))
-                {
-                    detector.replace_rules(reload.rules);
-                }
-                if !detector.process(record, |r| tx.blocking_send(r).is_ok()) {
-                    // Output is gone: count everything still queued, then stop.
-                    let queued = close_and_count(&mut rx);
-                    detector.summary.undelivered += queued.events;
-                    detector.summary.context_undelivered += queued.context;
-                    if let Some(metrics) = &detector.metrics {
-                        metrics.undelivered(queued.events, 0);
+                let mut records = records.into_iter();
+                while let Some(record) = records.next() {
+                    while let Some(reload) =
+                        pending.pop_front_if(|r: &mut Reload| r.applies_to(&record))
+                    {
+                        detector.replace_rules(reload.rules);
                     }
-                    break;
+                    detector.process(record, |r| {
+                        out.push(r);
+                        true
+                    });
+                    // A batch ends at a record boundary, so an event and its
+                    // alerts travel together.
+                    let last = records.as_slice().is_empty();
+                    if (last || out.len() >= MAX_BATCH)
+                        && !out.is_empty()
+                        && let Err(refused) = tx.blocking_send(std::mem::take(&mut out))
+                    {
+                        // Output is gone: count what it refused, what this
+                        // batch still holds and everything still queued, then
+                        // stop.
+                        detector.count_undelivered(&refused.0);
+                        let mut queued = close_and_count(&mut rx);
+                        queued.count_all(records.as_slice());
+                        detector.summary.undelivered += queued.events;
+                        detector.summary.context_undelivered += queued.context;
+                        if let Some(metrics) = &detector.metrics {
+                            metrics.undelivered(queued.events, 0);
+                        }
+                        break 'input;
+                    }
                 }
             }
             detector.summary
         })
+}
+
+impl Detector {
+    /// Counts records this stage emitted that output refused (it has
+    /// stopped): events, printed context records and alerts.
+    fn count_undelivered(&mut self, refused: &[Record]) {
+        let mut events = 0;
+        let mut alerts = 0;
+        for record in refused {
+            match record {
+                Record::Event(_) => events += 1,
+                Record::Context(_) => self.summary.context_undelivered += 1,
+                Record::Alert(_) => alerts += 1,
+                _ => {}
+            }
+        }
+        self.summary.undelivered += events;
+        self.summary.alerts_undelivered += alerts;
+        if let Some(metrics) = &self.metrics {
+            metrics.undelivered(events, alerts);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,62 +327,115 @@ condition = { field = "success", eq = true }
         }
     }
 
-    #[test]
-    fn a_closed_output_counts_the_undelivered() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, out_rx) = mpsc::channel(1);
-        drop(out_rx);
-        let (_reload_tx, reload_rx) = std_mpsc::channel();
-        for _ in 0..3 {
-            tx.try_send(event()).unwrap();
+    /// Runs the stage with RULE in force (and `reloads` queued) over
+    /// `input`; returns its summary and what it handed on, or nothing when
+    /// `output_open` is false (output gone before the first batch).
+    fn run_stage(
+        input: Vec<Records>,
+        reloads: Vec<Reload>,
+        output_open: bool,
+    ) -> (DetectSummary, Vec<Records>) {
+        let (tx, rx) = mpsc::channel(input.len().max(1));
+        let (out_tx, mut out_rx) = mpsc::channel(256);
+        let (reload_tx, reload_rx) = std_mpsc::channel();
+        for reload in reloads {
+            reload_tx.send(reload).unwrap();
+        }
+        for batch in input {
+            tx.try_send(batch).unwrap();
         }
         drop(tx);
+        if !output_open {
+            out_rx.close();
+        }
         let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
         let summary = handle.join().unwrap();
+        let mut out = Vec::new();
+        while let Ok(batch) = out_rx.try_recv() {
+            out.push(batch);
+        }
+        (summary, out)
+    }
+
+    #[test]
+    fn a_closed_output_counts_the_undelivered() {
+        // The first batch is judged and refused; the second is still queued.
+        let (summary, _) = run_stage(vec![vec![event(), event()], vec![event()]], vec![], false);
         assert_eq!(summary.undelivered, 3);
-        assert_eq!(summary.alerts_undelivered, 1);
+        assert_eq!((summary.alerts, summary.alerts_undelivered), (2, 2));
+    }
+
+    /// A reload to no rules at all, for events after `after_seq`.
+    fn empty_rules_after(after_seq: u64) -> Reload {
+        Reload {
+            after_seq,
+            after_context_seq: 0,
+            rules: RuleSet::default(),
+        }
+    }
+
+    fn event_seq(seq: u64) -> Record {
+        let mut e = sample_event(Some(b"a"), Some(b"b"), 0);
+        e.seq = seq;
+        Record::Event(Box::new(e))
+    }
+
+    #[test]
+    fn a_reload_takes_effect_inside_a_batch_at_its_sequence_number() {
+        let input = vec![(3..=6).map(event_seq).collect()];
+        let (summary, out) = run_stage(input, vec![empty_rules_after(4)], true);
+        assert_eq!(summary.alerts, 2, "seqs 3 and 4 under the old rules");
+        let kinds: Vec<String> = out
+            .iter()
+            .flatten()
+            .map(|r| match r {
+                Record::Event(e) => format!("#{}", e.seq),
+                Record::Alert(a) => format!("alert{:?}", a.event_seqs),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(kinds, ["#3", "alert[3]", "#4", "alert[4]", "#5", "#6"]);
+    }
+
+    #[test]
+    fn output_batches_are_bounded_and_keep_alerts_with_their_event() {
+        let count = MAX_BATCH as u64 + 10;
+        let (_, batches) = run_stage(vec![(1..=count).map(event_seq).collect()], vec![], true);
+        assert!(batches.len() > 1, "split into several batches");
+        let mut expected_seq = 1;
+        for batch in &batches {
+            assert!(batch.len() <= MAX_BATCH + 1, "{} records", batch.len());
+            for pair in batch.chunks(2) {
+                match pair {
+                    [Record::Event(e), Record::Alert(a)] => {
+                        assert_eq!(
+                            (e.seq, &a.event_seqs[..]),
+                            (expected_seq, &[expected_seq][..])
+                        );
+                    }
+                    _ => panic!("an event and its alert were split across batches"),
+                }
+                expected_seq += 1;
+            }
+        }
+        assert_eq!(
+            expected_seq,
+            count + 1,
+            "every event came out once, in order"
+        );
     }
 
     #[test]
     fn reloaded_rules_apply_to_later_events() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, mut out_rx) = mpsc::channel(16);
-        let (reload_tx, reload_rx) = std_mpsc::channel();
-        reload_tx
-            .send(Reload {
-                after_seq: 0,
-                after_context_seq: 0,
-                rules: RuleSet::default(),
-            })
-            .unwrap();
-        tx.try_send(event()).unwrap();
-        drop(tx);
-        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
-        let summary = handle.join().unwrap();
+        let (summary, out) = run_stage(vec![vec![event()]], vec![empty_rules_after(0)], true);
         assert_eq!(summary.alerts, 0, "the empty rule set was in force");
-        assert!(matches!(out_rx.blocking_recv(), Some(Record::Event(_))));
+        assert!(matches!(out.concat()[..], [Record::Event(_)]));
     }
 
     #[test]
     fn a_reload_waits_for_the_events_captured_before_it() {
-        let (tx, rx) = mpsc::channel(4);
-        let (out_tx, _out_rx) = mpsc::channel(16);
-        let (reload_tx, reload_rx) = std_mpsc::channel();
         // sample events carry seq 3: a reload after seq 3 must not judge it.
-        reload_tx
-            .send(Reload {
-                after_seq: 3,
-                after_context_seq: 0,
-                rules: RuleSet::default(),
-            })
-            .unwrap();
-        tx.try_send(event()).unwrap();
-        drop(tx);
-        let handle = spawn(rx, out_tx, Detector::new(engine(RULE), false), reload_rx).unwrap();
-        assert_eq!(
-            handle.join().unwrap().alerts,
-            1,
-            "the old rules judged the earlier event"
-        );
+        let (summary, _) = run_stage(vec![vec![event()]], vec![empty_rules_after(3)], true);
+        assert_eq!(summary.alerts, 1, "the old rules judged the earlier event");
     }
 }

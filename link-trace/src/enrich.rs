@@ -6,6 +6,7 @@
 //! a stat carry `"facts_from": "stat"`, unlike the kernel's call-time facts.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     ffi::OsStr,
     os::unix::{
@@ -19,8 +20,9 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    event::{FileInfo, LinkEvent, Record, Undelivered, close_and_count},
+    event::{FileInfo, LinkEvent, Record, Undelivered},
     names,
+    pipeline::{Records, close_and_count},
 };
 
 /// How long a directory's realpath is reused, and how many are kept.
@@ -117,11 +119,10 @@ impl Enricher {
         }
     }
 
-    /// Where to look the caller's path up from here.
     /// Where to look the caller's path up from here: through
     /// /proc/<pid>/root for a caller in another mount namespace, and with
     /// /proc/self and /proc/thread-self meaning the caller, not the daemon.
-    fn lookup_path(&self, event: &LinkEvent, resolved: &[u8]) -> PathBuf {
+    fn lookup_path<'a>(&self, event: &LinkEvent, resolved: &'a [u8]) -> Cow<'a, Path> {
         let path = caller_proc_path(event, resolved);
         let root_pid = if let Some(parent) = self.outer_parent(event) {
             parent
@@ -130,7 +131,10 @@ impl Enricher {
         } else {
             return path;
         };
-        Path::new(&format!("/proc/{root_pid}/root")).join(path.strip_prefix("/").unwrap_or(&path))
+        Cow::Owned(
+            Path::new(&format!("/proc/{root_pid}/root"))
+                .join(path.strip_prefix("/").unwrap_or(&path)),
+        )
     }
 
     /// The caller's paths do not name the files we see under those paths.
@@ -180,7 +184,7 @@ impl Enricher {
         } else {
             match (lookup.parent(), lookup.file_name()) {
                 (Some(parent), Some(name)) => self.canonical_dir(parent)?.join(name),
-                _ => lookup,
+                _ => lookup.into_owned(),
             }
         };
         Some(real.into_os_string().into_vec())
@@ -189,8 +193,8 @@ impl Enricher {
     fn add_file_facts(&mut self, event: &mut LinkEvent) {
         let follow = event.flags & names::AT_SYMLINK_FOLLOW != 0;
         if event.file.is_none() {
-            match event.oldpath.resolved.clone() {
-                Some(resolved) => match stat(&self.lookup_path(event, &resolved), follow) {
+            match event.oldpath.resolved.as_deref() {
+                Some(resolved) => match stat(&self.lookup_path(event, resolved), follow) {
                     Ok(info) => event.file = Some(info),
                     Err(errno) => event.file_error = Some(names::errno_name(errno)),
                 },
@@ -206,10 +210,10 @@ impl Enricher {
             }
         }
         if event.success
-            && let Some(resolved) = event.newpath.resolved.clone()
+            && let Some(resolved) = event.newpath.resolved.as_deref()
         {
             // The new name is a hard link itself: never follow it.
-            event.new_file = stat(&self.lookup_path(event, &resolved), false).ok();
+            event.new_file = stat(&self.lookup_path(event, resolved), false).ok();
         }
         if let (Some(file), Some(new_file)) = (&event.file, &event.new_file) {
             event.inode_mismatch = Some((&file.dev, file.ino) != (&new_file.dev, new_file.ino));
@@ -230,14 +234,19 @@ impl Default for Enricher {
 }
 
 /// `resolved` with /proc/self and /proc/thread-self meaning the caller.
-fn caller_proc_path(event: &LinkEvent, resolved: &[u8]) -> PathBuf {
+fn caller_proc_path<'a>(event: &LinkEvent, resolved: &'a [u8]) -> Cow<'a, Path> {
     let path = Path::new(OsStr::from_bytes(resolved));
+    // A path with no "self" in it has no such component: one byte search
+    // instead of two component-by-component prefix walks per look-up.
+    if !resolved.windows(4).any(|w| w == b"self") {
+        return Cow::Borrowed(path);
+    }
     if let Ok(rest) = path.strip_prefix("/proc/self") {
-        Path::new(&format!("/proc/{}", event.pid)).join(rest)
+        Cow::Owned(Path::new(&format!("/proc/{}", event.pid)).join(rest))
     } else if let Ok(rest) = path.strip_prefix("/proc/thread-self") {
-        Path::new(&format!("/proc/{}/task/{}", event.pid, event.tid)).join(rest)
+        Cow::Owned(Path::new(&format!("/proc/{}/task/{}", event.pid, event.tid)).join(rest))
     } else {
-        path.to_path_buf()
+        Cow::Borrowed(path)
     }
 }
 
@@ -301,25 +310,27 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
     })
 }
 
-/// Runs the stage: takes records from capture, enriches events (context
-/// records pass as they are: they are lean by design), hands them to
-/// output. Returns what it could not hand on.
+/// Runs the stage: takes record batches from capture, enriches events
+/// (context records pass as they are: they are lean by design), hands each
+/// batch to detection. Returns what it could not hand on.
 pub fn spawn(
-    mut rx: mpsc::Receiver<Record>,
-    tx: mpsc::Sender<Record>,
+    mut rx: mpsc::Receiver<Records>,
+    tx: mpsc::Sender<Records>,
 ) -> std::io::Result<std::thread::JoinHandle<Undelivered>> {
     std::thread::Builder::new()
         .name("link-trace-enrich".into())
         .spawn(move || {
             let mut enricher = Enricher::new();
             let mut undelivered = Undelivered::default();
-            while let Some(mut record) = rx.blocking_recv() {
-                if let Record::Event(event) = &mut record {
-                    enricher.enrich(event);
+            while let Some(mut records) = rx.blocking_recv() {
+                for record in &mut records {
+                    if let Record::Event(event) = record {
+                        enricher.enrich(event);
+                    }
                 }
-                if let Err(refused) = tx.blocking_send(record) {
-                    undelivered.count(&refused.0);
-                    // Output is gone: count everything still queued, then stop.
+                if let Err(refused) = tx.blocking_send(records) {
+                    undelivered.count_all(&refused.0);
+                    // Detection is gone: count everything still queued, then stop.
                     undelivered.add(close_and_count(&mut rx));
                     break;
                 }
@@ -361,6 +372,28 @@ mod tests {
             "no runtime named"
         );
         assert_eq!(container_id("/docker/not-an-id"), None);
+    }
+
+    #[test]
+    fn proc_self_means_the_caller_and_other_paths_are_untouched() {
+        let event = crate::event::sample_event(Some(b"a"), Some(b"b"), 0);
+        let (pid, tid) = (event.pid, event.tid);
+        for (resolved, expected) in [
+            ("/proc/self/fd/3".to_owned(), format!("/proc/{pid}/fd/3")),
+            (
+                "/proc/thread-self/fd/3".to_owned(),
+                format!("/proc/{pid}/task/{tid}/fd/3"),
+            ),
+            ("//proc/./self/cwd".to_owned(), format!("/proc/{pid}/cwd")),
+            ("/tmp/self/x".to_owned(), "/tmp/self/x".to_owned()),
+            ("/tmp/a".to_owned(), "/tmp/a".to_owned()),
+        ] {
+            assert_eq!(
+                caller_proc_path(&event, resolved.as_bytes()),
+                Path::new(&expected),
+                "{resolved}"
+            );
+        }
     }
 
     #[test]

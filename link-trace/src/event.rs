@@ -29,8 +29,10 @@ pub enum Record {
     Event(Box<LinkEvent>),
     /// An unlink or rename call, captured for the rules (`kind: "context"`).
     Context(Box<ContextEvent>),
-    Loss(LossRecord),
-    Stats(StatsRecord),
+    // Boxed like the others, so a record is two words: stages move batches
+    // of them, and loss and stats records are rare.
+    Loss(Box<LossRecord>),
+    Stats(Box<StatsRecord>),
     Alert(Box<AlertRecord>),
 }
 
@@ -139,17 +141,6 @@ impl Undelivered {
         self.events += other.events;
         self.context += other.context;
     }
-}
-
-/// Closes a stage's input queue and counts the events and context records
-/// still in it: its output is gone, so they will never be delivered.
-pub fn close_and_count(rx: &mut tokio::sync::mpsc::Receiver<Record>) -> Undelivered {
-    rx.close();
-    let mut undelivered = Undelivered::default();
-    while let Ok(record) = rx.try_recv() {
-        undelivered.count(&record);
-    }
-    undelivered
 }
 
 /// Periodic totals (and one at exit): what the kernel handed over, what the

@@ -25,6 +25,7 @@ pub mod loader;
 pub mod metrics;
 pub mod names;
 pub mod output;
+pub mod pipeline;
 pub mod privileges;
 pub mod replay;
 pub mod resolve;

@@ -494,7 +494,7 @@ impl Exporter {
         family(
             encoder,
             "sink_queue_depth",
-            "Records waiting in the output's queue.",
+            "Records handed to the output and not yet delivered or dropped: in its queue or in the batch it is writing.",
             MetricType::Gauge,
             by_sink(&|r| r.queue_depth),
         )?;

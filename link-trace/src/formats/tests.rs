@@ -173,8 +173,8 @@ fn all_records() -> Vec<(&'static str, Record)> {
         ("unreadable event", event(unreadable_event())),
         ("hostile event", event(hostile_event())),
         ("alert", Record::Alert(Box::new(alert()))),
-        ("loss", Record::Loss(loss())),
-        ("stats", Record::Stats(stats())),
+        ("loss", Record::Loss(Box::new(loss()))),
+        ("stats", Record::Stats(Box::new(stats()))),
         ("unlink context", context("unlinkat")),
         ("rename context", context("renameat2")),
     ]
@@ -398,7 +398,7 @@ fn ecs_alert_fields() {
 
 #[test]
 fn ecs_loss_and_stats_are_metrics() {
-    let doc = ecs_doc(&Record::Loss(loss()));
+    let doc = ecs_doc(&Record::Loss(Box::new(loss())));
     assert_eq!(doc["event"]["kind"], "metric");
     assert_eq!(doc["event"]["dataset"], "link_trace.loss");
     assert_eq!(doc["link_trace"]["reason"], "ring_full");
@@ -413,7 +413,7 @@ fn ecs_loss_and_stats_are_metrics() {
         doc["message"],
         "3 event(s) not delivered: ring_full (5 since start)"
     );
-    let doc = ecs_doc(&Record::Stats(stats()));
+    let doc = ecs_doc(&Record::Stats(Box::new(stats())));
     assert_eq!(doc["event"]["kind"], "metric");
     assert_eq!(doc["event"]["dataset"], "link_trace.stats");
     assert_eq!(doc["link_trace"]["losses"][0]["per_cpu"], json!([2, 3]));
@@ -607,7 +607,7 @@ fn ocsf_alert_is_a_detection_finding() {
 
 #[test]
 fn ocsf_loss_is_an_application_error_and_stats_a_base_event() {
-    let doc = ocsf_doc(&Record::Loss(loss()));
+    let doc = ocsf_doc(&Record::Loss(Box::new(loss())));
     assert_eq!(
         (doc["class_uid"].clone(), doc["type_uid"].clone()),
         (json!(6008), json!(600801))
@@ -615,7 +615,7 @@ fn ocsf_loss_is_an_application_error_and_stats_a_base_event() {
     assert_eq!(doc["severity_id"], 4);
     assert_eq!(doc["unmapped"]["link_trace"]["count"], 3);
     assert_eq!(doc["time"], 1795299302000i64);
-    let doc = ocsf_doc(&Record::Stats(stats()));
+    let doc = ocsf_doc(&Record::Stats(Box::new(stats())));
     assert_eq!(
         (doc["class_uid"].clone(), doc["type_uid"].clone()),
         (json!(0), json!(99))

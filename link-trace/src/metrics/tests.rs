@@ -333,9 +333,8 @@ fn sinks_report_depth_capacity_deliveries_and_drops() {
         ),
     ];
     let (tx, rx) = mpsc::channel(8);
-    for record in [event(0), event(-17), alert_record()] {
-        tx.try_send(record).unwrap();
-    }
+    tx.try_send(vec![event(0), event(-17), alert_record()])
+        .unwrap();
     drop(tx);
     let (_control_tx, control_rx) = mpsc::channel(1);
     let sink_registry = Arc::new(sink::Registry::default());
@@ -478,9 +477,7 @@ fn events_still_queued_when_output_goes_count_as_undelivered() {
     let (out_tx, out_rx) = mpsc::channel(1);
     drop(out_rx);
     let (_reload_tx, reload_rx) = std_mpsc::channel::<Reload>();
-    for _ in 0..3 {
-        tx.try_send(event(0)).unwrap();
-    }
+    tx.try_send(vec![event(0), event(0), event(0)]).unwrap();
     drop(tx);
     let detector =
         Detector::new(Engine::new(RuleSet::default()), false).with_metrics(metrics.clone());

@@ -281,14 +281,14 @@ fn package_manager_link_then_rename_raises_nothing() {
 
 #[test]
 fn output_keeps_records_in_order_with_alerts_after_their_event() {
-    let loss = line(&Record::Loss(LossRecord {
+    let loss = line(&Record::Loss(Box::new(LossRecord {
         schema_version: 1,
         time: "2026-01-01T00:00:00.000000000Z".into(),
         reason: LossReason::RingFull,
         record_kind: RecordKind::Event,
         count: 2,
         total: 2,
-    }));
+    })));
     let first = event_line(Ev::new(1, "/etc/shadow", "/tmp/x/s"));
     let second = event_line(Ev::new(2, "/a", "/b"));
     let stale_alert = r#"{"kind":"alert","rule_id":"old"}"#.to_owned();

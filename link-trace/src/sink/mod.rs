@@ -4,7 +4,10 @@
 //! sinks go on. Each sink renders and delivers on a thread of its own.
 //!
 //! Records are shared between sinks as `Arc<Record>`, so five sinks cost one
-//! copy of an event, and the queues hold pointers, not rendered bytes.
+//! copy of an event, and the queues hold pointers, not rendered bytes. They
+//! arrive and are queued in batches (one per batch of the stage before), so
+//! a sink thread wakes once per batch and writes it with one write(2); each
+//! queue's bound is still counted in records.
 
 pub mod file;
 pub mod stdout;
@@ -16,7 +19,7 @@ use std::{
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        mpsc::{self as std_mpsc, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self as std_mpsc, RecvTimeoutError},
     },
     thread::JoinHandle,
     time::Duration,
@@ -30,6 +33,7 @@ use crate::{
     event::Record,
     formats::{self, HostInfo},
     output::{self, Format},
+    pipeline::Records,
 };
 
 /// Bytes rendered before a batch is delivered even if more records wait.
@@ -157,7 +161,8 @@ fn host() -> &'static HostInfo {
 #[derive(Debug, Default)]
 pub struct SinkCounters {
     pub name: String,
-    /// Records waiting in the queue now.
+    /// Records handed to the sink and not yet delivered or dropped: in its
+    /// queue, or in the batch it is writing. Bounded by `queue_capacity`.
     pub queue_depth: AtomicU64,
     pub queue_capacity: u64,
     pub delivered: Count,
@@ -264,7 +269,9 @@ pub struct Sink {
     /// `config`'s alerts_only, read for every record.
     alerts_only: bool,
     counters: Arc<SinkCounters>,
-    queue: SyncSender<Arc<Record>>,
+    /// Unbounded as a channel: `dispatch` bounds it by `counters.queue_depth`
+    /// (in records, against `queue_capacity`), which only it raises.
+    queue: std_mpsc::Sender<Vec<Arc<Record>>>,
     thread: JoinHandle<()>,
 }
 
@@ -320,7 +327,7 @@ pub fn start(config: OutputConfig, transport: Box<dyn Transport>) -> Sink {
         subscribers: transport.subscriber_counters(),
         ..Default::default()
     });
-    let (queue, rx) = std_mpsc::sync_channel(common.queue);
+    let (queue, rx) = std_mpsc::channel();
     let thread_counters = counters.clone();
     let thread = std::thread::Builder::new()
         .name("link-trace-sink".into())
@@ -345,26 +352,38 @@ pub fn start(config: OutputConfig, transport: Box<dyn Transport>) -> Sink {
 fn run_sink(
     format: OutputFormat,
     mut transport: Box<dyn Transport>,
-    rx: std_mpsc::Receiver<Arc<Record>>,
+    rx: std_mpsc::Receiver<Vec<Arc<Record>>>,
     counters: &SinkCounters,
 ) {
     let mut batch = Batch::default();
+    // Records taken from the queue and not rendered yet.
+    let mut taken = Vec::new().into_iter();
     let mut open = true;
-    while open {
-        // Block for the first record, then take what is queued, up to a batch.
-        match rx.recv_timeout(IDLE_TICK) {
-            Ok(record) => push(&mut batch, &mut *transport, format, &record, counters),
-            Err(RecvTimeoutError::Timeout) => {
-                if !counters.closed.load(Relaxed) {
-                    transport.idle();
-                }
-                continue;
+    loop {
+        if taken.as_slice().is_empty() {
+            if !open {
+                break;
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            // Block for the first records, then take what is queued, up to
+            // a batch.
+            match rx.recv_timeout(IDLE_TICK) {
+                Ok(records) => taken = records.into_iter(),
+                Err(RecvTimeoutError::Timeout) => {
+                    if !counters.closed.load(Relaxed) {
+                        transport.idle();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
         }
         while batch.bytes.len() < BATCH_BYTES {
+            if let Some(record) = taken.next() {
+                push(&mut batch, &mut *transport, format, &record, counters);
+                continue;
+            }
             match rx.try_recv() {
-                Ok(record) => push(&mut batch, &mut *transport, format, &record, counters),
+                Ok(records) => taken = records.into_iter(),
                 Err(std_mpsc::TryRecvError::Empty) => break,
                 Err(std_mpsc::TryRecvError::Disconnected) => {
                     open = false;
@@ -389,7 +408,6 @@ fn push(
     record: &Record,
     counters: &SinkCounters,
 ) {
-    counters.queue_depth.fetch_sub(1, Relaxed);
     if transport.render(format, record, &mut batch.bytes) == Rendered::Truncated {
         counters.truncated.add(1, u64::from(record.is_event()));
     }
@@ -397,10 +415,18 @@ fn push(
     batch.is_event.push(record.is_event());
 }
 
+/// Delivers a batch and counts each record as delivered or failed; only
+/// then are they off the queue's depth, so a reader of the counters never
+/// misses a record in between.
 fn deliver(transport: &mut dyn Transport, batch: &Batch, counters: &SinkCounters) {
     if batch.is_empty() {
         return;
     }
+    deliver_and_count(transport, batch, counters);
+    counters.queue_depth.fetch_sub(batch.len() as u64, Relaxed);
+}
+
+fn deliver_and_count(transport: &mut dyn Transport, batch: &Batch, counters: &SinkCounters) {
     let all = batch.len();
     if counters.closed.load(Relaxed) {
         counters
@@ -455,7 +481,7 @@ impl OutputSummary {
 /// closes its input, so the stages before it stop and count).
 pub fn spawn_stage(
     sinks: Vec<Sink>,
-    input: mpsc::Receiver<Record>,
+    input: mpsc::Receiver<Records>,
     control: mpsc::Receiver<Control>,
     registry: Arc<Registry>,
 ) -> io::Result<JoinHandle<OutputSummary>> {
@@ -475,7 +501,7 @@ pub fn spawn_stage(
 
 async fn fan_out(
     mut sinks: Vec<Sink>,
-    mut input: mpsc::Receiver<Record>,
+    mut input: mpsc::Receiver<Records>,
     mut control: mpsc::Receiver<Control>,
     registry: Arc<Registry>,
 ) -> OutputSummary {
@@ -501,12 +527,12 @@ async fn fan_out(
                 }
                 None => control_open = false,
             },
-            record = input.recv() => {
-                let Some(record) = record else { break };
-                dispatch(&sinks, record);
+            records = input.recv() => {
+                let Some(records) = records else { break };
+                dispatch_batch(&sinks, records);
                 // Take what else is queued without going back to select.
-                while let Ok(record) = input.try_recv() {
-                    dispatch(&sinks, record);
+                while let Ok(records) = input.try_recv() {
+                    dispatch_batch(&sinks, records);
                 }
                 if !sinks.is_empty() && sinks.iter().all(|s| s.counters.closed.load(Relaxed)) {
                     input.close();
@@ -528,32 +554,75 @@ async fn fan_out(
     summary
 }
 
-fn dispatch(sinks: &[Sink], mut record: Record) {
-    if let Record::Stats(stats) = &mut record {
+/// Hands a batch to every sink, in order. A `stats` record's `sinks` are
+/// taken when everything before it has been dispatched, so the batch is cut
+/// before each one.
+fn dispatch_batch(sinks: &[Sink], mut records: Records) {
+    while let Some(cut) = records
+        .iter()
+        .skip(1)
+        .position(|r| matches!(r, Record::Stats(_)))
+    {
+        let rest = records.split_off(cut + 1);
+        dispatch(sinks, records);
+        records = rest;
+    }
+    dispatch(sinks, records);
+}
+
+/// Hands records (only the first may be a `stats` record) to every sink's
+/// queue without waiting; what a queue has no room for is dropped and
+/// counted, per record.
+fn dispatch(sinks: &[Sink], mut records: Records) {
+    if let Some(Record::Stats(stats)) = records.first_mut() {
         // Taken here, in stream order: every record before this one is
         // delivered, queued or counted as dropped.
         stats.sinks = sinks.iter().map(|s| s.counters.report()).collect();
     }
-    let is_event = record.is_event();
-    let is_alert = matches!(record, Record::Alert(_));
-    let record = Arc::new(record);
+    let records: Vec<Arc<Record>> = records.into_iter().map(Arc::new).collect();
     for sink in sinks {
-        if sink.alerts_only && !is_alert {
+        let mut wanted: Vec<Arc<Record>> = if sink.alerts_only {
+            records
+                .iter()
+                .filter(|r| matches!(***r, Record::Alert(_)))
+                .cloned()
+                .collect()
+        } else {
+            records.clone()
+        };
+        if wanted.is_empty() {
             continue;
         }
-        sink.counters.queue_depth.fetch_add(1, Relaxed);
-        match sink.queue.try_send(record.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                sink.counters.queue_depth.fetch_sub(1, Relaxed);
-                sink.counters.dropped_queue_full.add(1, u64::from(is_event));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                sink.counters.queue_depth.fetch_sub(1, Relaxed);
-                sink.counters.dropped_failed.add(1, u64::from(is_event));
-            }
+        let counters = &sink.counters;
+        // Only this thread raises the depth, so the room can only grow
+        // between this read and the send.
+        let room = counters
+            .queue_capacity
+            .saturating_sub(counters.queue_depth.load(Relaxed));
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        if wanted.len() > room {
+            let dropped = wanted.split_off(room);
+            counters
+                .dropped_queue_full
+                .add(dropped.len() as u64, events_among(&dropped));
+        }
+        if wanted.is_empty() {
+            continue;
+        }
+        let queued = wanted.len() as u64;
+        counters.queue_depth.fetch_add(queued, Relaxed);
+        if let Err(refused) = sink.queue.send(wanted) {
+            // The sink's thread is gone: nothing it is handed is delivered.
+            counters.queue_depth.fetch_sub(queued, Relaxed);
+            counters
+                .dropped_failed
+                .add(queued, events_among(&refused.0));
         }
     }
+}
+
+fn events_among(records: &[Arc<Record>]) -> u64 {
+    records.iter().map(|r| u64::from(r.is_event())).sum()
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicBool, Ordering::SeqCst},
+    atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
 };
 
 use super::*;
@@ -16,11 +16,14 @@ struct Memory {
     failing: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
     gate: Arc<Mutex<()>>,
+    /// Deliveries begun (counted before waiting at the gate).
+    entered: Arc<AtomicUsize>,
     finished: Arc<AtomicBool>,
 }
 
 impl Transport for Memory {
     fn deliver(&mut self, batch: &Batch) -> Result<(), DeliverError> {
+        self.entered.fetch_add(1, SeqCst);
         let _held = self.gate.lock().unwrap();
         if self.closed.load(SeqCst) {
             return Err(SinkError::Closed(io::Error::other("gone")).into());
@@ -84,10 +87,8 @@ fn alert() -> Record {
 }
 
 fn run(sinks: Vec<Sink>, records: Vec<Record>) -> (OutputSummary, Arc<Registry>) {
-    let (tx, rx) = mpsc::channel(records.len().max(1));
-    for record in records {
-        tx.try_send(record).unwrap();
-    }
+    let (tx, rx) = mpsc::channel(1);
+    tx.try_send(records).unwrap();
     drop(tx);
     let (_control_tx, control_rx) = mpsc::channel(1);
     let registry = Arc::new(Registry::default());
@@ -130,7 +131,7 @@ fn a_stuck_sink_drops_and_counts_without_stalling_the_others() {
     let (_control_tx, control_rx) = mpsc::channel(1);
     let stage = spawn_stage(sinks, rx, control_rx, Arc::new(Registry::default())).unwrap();
     for _ in 0..40 {
-        tx.try_send(event()).unwrap();
+        tx.try_send(vec![event()]).unwrap();
     }
     // The healthy sink gets all 40 while the stuck one is still blocked.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -165,7 +166,7 @@ fn failures_count_what_did_not_get_through_and_the_sink_recovers() {
     let (_control_tx, control_rx) = mpsc::channel(1);
     let stage = spawn_stage(vec![sink], rx, control_rx, Arc::new(Registry::default())).unwrap();
     for _ in 0..10 {
-        tx.blocking_send(event()).unwrap();
+        tx.blocking_send(vec![event()]).unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while counters.report().dropped_failed_records + counters.report().delivered_records < 10 {
@@ -174,7 +175,7 @@ fn failures_count_what_did_not_get_through_and_the_sink_recovers() {
     }
     memory.failing.store(false, SeqCst);
     for _ in 0..5 {
-        tx.blocking_send(event()).unwrap();
+        tx.blocking_send(vec![event()]).unwrap();
     }
     drop(tx);
     let summary = stage.join().unwrap();
@@ -201,11 +202,11 @@ fn when_every_destination_is_gone_the_stage_stops_taking_records() {
         Arc::new(Registry::default()),
     )
     .unwrap();
-    tx.blocking_send(event()).unwrap();
+    tx.blocking_send(vec![event()]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !tx.is_closed() {
         assert!(std::time::Instant::now() < deadline, "input never closed");
-        let _ = tx.try_send(event());
+        let _ = tx.try_send(vec![event()]);
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(tx);
@@ -238,7 +239,7 @@ fn a_replace_keeps_unchanged_sinks_and_retires_the_rest() {
     let (control_tx, control_rx) = mpsc::channel(1);
     let registry = Arc::new(Registry::default());
     let stage = spawn_stage(sinks, rx, control_rx, registry.clone()).unwrap();
-    tx.blocking_send(event()).unwrap();
+    tx.blocking_send(vec![event()]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while retired.lines.lock().unwrap().is_empty() {
         assert!(
@@ -268,7 +269,7 @@ fn a_replace_keeps_unchanged_sinks_and_retires_the_rest() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!kept.finished.load(SeqCst));
-    tx.blocking_send(event()).unwrap();
+    tx.blocking_send(vec![event()]).unwrap();
     drop(tx);
     let summary = stage.join().unwrap();
     assert!(kept.finished.load(SeqCst) && added.finished.load(SeqCst));
@@ -280,4 +281,109 @@ fn a_replace_keeps_unchanged_sinks_and_retires_the_rest() {
     );
     assert_eq!(added.lines.lock().unwrap().len(), 1);
     assert_eq!(summary.sinks.len(), 3);
+}
+
+/// Waits until `memory`'s sink is inside its `n`th delivery.
+fn wait_entered(memory: &Memory, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while memory.entered.load(SeqCst) < n {
+        assert!(std::time::Instant::now() < deadline, "no delivery began");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_batch_too_big_for_the_queue_is_cut_and_each_dropped_record_counted() {
+    let memory = Memory::default();
+    let held = memory.gate.lock().unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let (_control_tx, control_rx) = mpsc::channel(1);
+    let stage = spawn_stage(
+        vec![start(config(4, false), Box::new(memory.clone()))],
+        rx,
+        control_rx,
+        Arc::new(Registry::default()),
+    )
+    .unwrap();
+    // One record, in delivery (stuck at the gate): it still counts against
+    // the queue's 4, so 3 of the next batch fit.
+    tx.blocking_send(vec![event()]).unwrap();
+    wait_entered(&memory, 1);
+    // 7 events and 3 alerts: the first three (event, alert, event) fit.
+    let batch: Vec<Record> = (0..10)
+        .map(|i| if i % 3 == 1 { alert() } else { event() })
+        .collect();
+    tx.blocking_send(batch).unwrap();
+    drop(tx);
+    drop(held);
+    let summary = stage.join().unwrap();
+    let report = &summary.sinks[0].0;
+    assert_eq!(
+        (report.delivered_records, report.delivered_events),
+        (4, 3),
+        "the first record and the three that fitted"
+    );
+    assert_eq!(
+        (
+            report.dropped_queue_full_records,
+            report.dropped_queue_full_events
+        ),
+        (7, 5),
+        "exactly the records past the queue's room"
+    );
+    let lines = memory.lines.lock().unwrap();
+    let kinds: Vec<bool> = lines
+        .iter()
+        .map(|l| l.contains("\"kind\":\"alert\""))
+        .collect();
+    assert_eq!(kinds, [false, false, true, false], "in order");
+}
+
+#[test]
+fn a_stats_record_in_a_batch_counts_exactly_the_records_before_it() {
+    let memory = Memory::default();
+    let held = memory.gate.lock().unwrap();
+    let stats = crate::stats::stats_record(
+        &crate::stats::KernelStats::default(),
+        crate::stats::Decoded::default(),
+        0,
+        Vec::new(),
+        &crate::clock::WallClock::sample(),
+    );
+    let (tx, rx) = mpsc::channel(4);
+    let (_control_tx, control_rx) = mpsc::channel(1);
+    let sink = start(config(64, false), Box::new(memory.clone()));
+    let counters = sink.counters.clone();
+    let stage = spawn_stage(vec![sink], rx, control_rx, Arc::new(Registry::default())).unwrap();
+    tx.blocking_send(vec![
+        event(),
+        alert(),
+        Record::Stats(Box::new(stats)),
+        event(),
+    ])
+    .unwrap();
+    drop(tx);
+    // Nothing is delivered while the gate is held: when the stats record
+    // is dispatched, the two records before it are in the queue or in the
+    // batch being written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counters.queue_depth.load(SeqCst) < 4 {
+        assert!(std::time::Instant::now() < deadline, "not all dispatched");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(held);
+    stage.join().unwrap();
+    let lines = memory.lines.lock().unwrap();
+    assert_eq!(lines.len(), 4);
+    let stats: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    let sink = &stats["sinks"][0];
+    assert_eq!(
+        (
+            sink["queue_depth"].as_u64(),
+            sink["delivered_records"].as_u64(),
+            sink["dropped_queue_full_records"].as_u64()
+        ),
+        (Some(2), Some(0), Some(0)),
+        "{sink}"
+    );
 }

@@ -131,14 +131,14 @@ fn alert_severities_map_to_syslog_severities() {
 #[test]
 fn loss_and_stats_records_have_their_own_msgid_and_severity() {
     let mut f = formatter(DEFAULT_MAX_MESSAGE);
-    let loss = Record::Loss(LossRecord {
+    let loss = Record::Loss(Box::new(LossRecord {
         schema_version: 1,
         time: "2026-11-21T23:02:11Z".into(),
         reason: LossReason::RingFull,
         count: 4,
         total: 9,
         record_kind: crate::event::RecordKind::Event,
-    });
+    }));
     let (text, parsed) = round_trip(&mut f, &loss);
     assert_eq!(
         (parsed.severity as u8, parsed.msgid.as_deref()),
@@ -147,7 +147,7 @@ fn loss_and_stats_records_have_their_own_msgid_and_severity() {
     assert!(text.contains(" 2026-11-21T23:02:11Z "), "{text}");
     assert_eq!(param(&parsed, "reason"), Some("ring_full"));
     assert_eq!(param(&parsed, "count"), Some("4"));
-    let stats = Record::Stats(StatsRecord {
+    let stats = Record::Stats(Box::new(StatsRecord {
         schema_version: 1,
         time: "2026-11-21T23:02:11.5Z".into(),
         kernel_submitted: 10,
@@ -162,7 +162,7 @@ fn loss_and_stats_records_have_their_own_msgid_and_severity() {
         context_decoded: 0,
         context_losses: vec![],
         sinks: vec![],
-    });
+    }));
     let (_, parsed) = round_trip(&mut f, &stats);
     assert_eq!(
         (parsed.severity as u8, parsed.msgid.as_deref()),
