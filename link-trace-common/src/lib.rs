@@ -405,6 +405,12 @@ pub struct KernelOffsets {
     pub upid_size: u32,
     pub upid_ns: u32,
     pub pid_ns_inum: u32,
+    /// Read at syscall entry through the BTF-typed current task, in place
+    /// of the pid_tgid, uid_gid and comm helpers.
+    pub task_pid: u32,
+    pub task_comm: u32,
+    pub cred_uid: u32,
+    pub cred_gid: u32,
 }
 
 /// AT_FDCWD, the dirfd that link(2) implies.
