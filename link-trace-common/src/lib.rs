@@ -334,6 +334,9 @@ pub const NAME_MAX: usize = 255;
 pub const OPT_CRED_BLOCK: u32 = 1 << 8;
 /// task_struct's sessionid directly follows loginuid.
 pub const OPT_AUDIT_PAIR: u32 = 1 << 9;
+/// task->cgroups->dfl_cgrp->kn->id can be loaded (CONFIG_CGROUPS): the
+/// cgroup id without the helper call.
+pub const OPT_CGROUP_CHAIN: u32 = 1 << 10;
 
 /// A process's executable path as walked once, cached by tgid and checked
 /// against the exe file it was walked from.
@@ -411,6 +414,11 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     pub cred_uid: u32,
     pub cred_gid: u32,
+    /// The default-hierarchy cgroup id chain (OPT_CGROUP_CHAIN).
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// AT_FDCWD, the dirfd that link(2) implies.

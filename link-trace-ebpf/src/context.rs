@@ -20,9 +20,9 @@ use link_trace_common::{
     AT_FDCWD, BASE_ABSOLUTE, BASE_CWD, BASE_DIRFD, BASE_FD_FILE, BASE_NONE, BASE_ROOT,
     BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS, CTX_PID_NS, CTX_PPID,
     ExeCacheEntry, FileFacts, KernelOffsets, NAME_MAX, NEW_CHANGED_AT_EXIT, NEW_REREAD_FAILED,
-    OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OUT_OFFSET_MASK, OutRecord, PATH_KEEP_MAX,
-    PATH_READ_FAILED, PATH_READ_MAX, PendingCall, ProcessContext, RESOLVE_BAD_FD, RESOLVE_DELETED,
-    RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT, RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK,
+    OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OPT_CGROUP_CHAIN, OUT_OFFSET_MASK, OutRecord,
+    PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PendingCall, ProcessContext, RESOLVE_BAD_FD,
+    RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT, RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK,
     RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE, SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT,
     SEG_OLD_BASE, SyscallId, TASK_COMM_LEN, WALK_CAP, WALK_END, WALK_MAX_DEPTH,
 };
@@ -604,8 +604,7 @@ fn process_context(task: u64) -> ProcessContext {
     let mut ctx = ProcessContext {
         auid: u32::MAX,
         sessionid: u32::MAX,
-        // SAFETY: plain helper call.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id: cgroup_id(task),
         ..Default::default()
     };
     if let Ok(parent) = load_ptr(task, off!(task_real_parent)) {
@@ -637,6 +636,23 @@ fn process_context(task: u64) -> ProcessContext {
         ctx.valid |= CTX_PID_NS;
     }
     ctx
+}
+
+/// The id of the task's cgroup in the default hierarchy, as
+/// bpf_get_current_cgroup_id gives it: task->cgroups->dfl_cgrp->kn->id.
+#[inline(always)]
+fn cgroup_id(task: u64) -> u64 {
+    if off!(optional) as u32 & OPT_CGROUP_CHAIN == 0 {
+        // SAFETY: plain helper call.
+        return unsafe { bpf_get_current_cgroup_id() };
+    }
+    let kn = load_ptr(task, off!(task_cgroups))
+        .and_then(|css_set| load_ptr(css_set, off!(css_set_dfl_cgrp)))
+        .and_then(|cgroup| load_ptr(cgroup, off!(cgroup_kn)));
+    match kn {
+        Ok(kn) => load::<u64>(kn, off!(kernfs_node_id)),
+        Err(_) => 0,
+    }
 }
 
 /// The inode number of the pid namespace `pid` (typed) belongs to:

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
-use link_trace_common::{CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CRED_BLOCK};
+use link_trace_common::{
+    CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CGROUP_CHAIN, OPT_CRED_BLOCK,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -311,6 +313,20 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         if sessionid == loginuid + 4 {
             offsets.optional |= OPT_AUDIT_PAIR;
         }
+    }
+    if let (Ok(cgroups), Ok(dfl_cgrp), Ok(kn), Ok(id)) = (
+        o("task_struct", &["cgroups"]),
+        o("css_set", &["dfl_cgrp"]),
+        o("cgroup", &["kn"]),
+        o("kernfs_node", &["id"]),
+    ) {
+        (
+            offsets.task_cgroups,
+            offsets.css_set_dfl_cgrp,
+            offsets.cgroup_kn,
+            offsets.kernfs_node_id,
+        ) = (cgroups, dfl_cgrp, kn, id);
+        offsets.optional |= OPT_CGROUP_CHAIN;
     }
     if [offsets.cred_egid, offsets.cred_fsuid, offsets.cred_fsgid]
         == [
