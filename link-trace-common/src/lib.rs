@@ -337,6 +337,12 @@ pub const OPT_AUDIT_PAIR: u32 = 1 << 9;
 /// task->cgroups->dfl_cgrp->kn->id can be loaded (CONFIG_CGROUPS): the
 /// cgroup id without the helper call.
 pub const OPT_CGROUP_CHAIN: u32 = 1 << 10;
+/// dentry's d_parent is directly followed by d_name (a qstr: hash, len,
+/// name): one 24-byte read per step of a path walk instead of three.
+pub const OPT_DENTRY_BLOCK: u32 = 1 << 11;
+/// mount's mnt_mountpoint directly follows mnt_parent: one read per mount
+/// crossing instead of two.
+pub const OPT_MOUNT_PAIR: u32 = 1 << 12;
 
 /// A process's executable path as walked once, cached by tgid and checked
 /// against the exe file it was walked from.

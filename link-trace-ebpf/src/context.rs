@@ -20,11 +20,12 @@ use link_trace_common::{
     AT_FDCWD, BASE_ABSOLUTE, BASE_CWD, BASE_DIRFD, BASE_FD_FILE, BASE_NONE, BASE_ROOT,
     BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS, CTX_PID_NS, CTX_PPID,
     ExeCacheEntry, FileFacts, KernelOffsets, NAME_MAX, NEW_CHANGED_AT_EXIT, NEW_REREAD_FAILED,
-    OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OPT_CGROUP_CHAIN, OUT_OFFSET_MASK, OutRecord,
-    PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PendingCall, ProcessContext, RESOLVE_BAD_FD,
-    RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT, RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK,
-    RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE, SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT,
-    SEG_OLD_BASE, SyscallId, TASK_COMM_LEN, WALK_CAP, WALK_END, WALK_MAX_DEPTH,
+    OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OPT_CGROUP_CHAIN, OPT_DENTRY_BLOCK, OPT_MOUNT_PAIR,
+    OUT_OFFSET_MASK, OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PendingCall,
+    ProcessContext, RESOLVE_BAD_FD, RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT,
+    RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK, RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE,
+    SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, SyscallId, TASK_COMM_LEN,
+    WALK_CAP, WALK_END, WALK_MAX_DEPTH,
 };
 
 /// Filled in by the loader from BTF (see link-trace/src/btf.rs).
@@ -523,22 +524,51 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// Ok(true) to go on, Ok(false) when the namespace root is reached.
 #[inline(always)]
 fn step(state: &mut WalkState) -> Result<bool, u8> {
+    let optional = off!(optional) as u32;
     if state.dentry == state.mnt_root {
-        let parent = ptr(state.mount + off!(mount_mnt_parent))?;
+        let (parent, mountpoint) = if optional & OPT_MOUNT_PAIR != 0 {
+            let [parent, mountpoint] = read::<[u64; 2]>(state.mount + off!(mount_mnt_parent))?;
+            (parent, mountpoint)
+        } else {
+            (
+                read::<u64>(state.mount + off!(mount_mnt_parent))?,
+                read::<u64>(state.mount + off!(mount_mnt_mountpoint))?,
+            )
+        };
+        if parent == 0 {
+            return Err(RESOLVE_READ_FAILED);
+        }
         if parent == state.mount {
             return Ok(false);
         }
-        state.dentry = ptr(state.mount + off!(mount_mnt_mountpoint))?;
+        if mountpoint == 0 {
+            return Err(RESOLVE_READ_FAILED);
+        }
+        state.dentry = mountpoint;
         state.mount = parent;
         state.mnt_root = ptr(parent + off!(mount_mnt) + off!(vfsmount_mnt_root))?;
         return Ok(true);
     }
-    let parent = ptr(state.dentry + off!(dentry_d_parent))?;
+    // d_parent, then d_name's hash_len (len in the high half) and name.
+    let [parent, hash_len, name] = if optional & OPT_DENTRY_BLOCK != 0 {
+        read::<[u64; 3]>(state.dentry + off!(dentry_d_parent))?
+    } else {
+        [
+            read::<u64>(state.dentry + off!(dentry_d_parent))?,
+            (read::<u32>(state.dentry + off!(dentry_d_name_len))? as u64) << 32,
+            read::<u64>(state.dentry + off!(dentry_d_name_name))?,
+        ]
+    };
+    if parent == 0 {
+        return Err(RESOLVE_READ_FAILED);
+    }
     if parent == state.dentry {
         return Ok(false);
     }
-    let len = read::<u32>(state.dentry + off!(dentry_d_name_len))? as u64;
-    let name = ptr(state.dentry + off!(dentry_d_name_name))?;
+    if name == 0 {
+        return Err(RESOLVE_READ_FAILED);
+    }
+    let len = hash_len >> 32;
     if len > NAME_MAX as u64 {
         return Err(RESOLVE_TOO_LONG);
     }

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use link_trace_common::{
-    CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CGROUP_CHAIN, OPT_CRED_BLOCK,
+    CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CGROUP_CHAIN, OPT_CRED_BLOCK, OPT_DENTRY_BLOCK,
+    OPT_MOUNT_PAIR,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +329,16 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         ) = (cgroups, dfl_cgrp, kn, id);
         offsets.optional |= OPT_CGROUP_CHAIN;
     }
+    // d_name is a qstr { u32 hash; u32 len; (little-endian hash_len) const
+    // unsigned char *name; } right after d_parent on every kernel seen so far.
+    if offsets.dentry_d_name_len == offsets.dentry_d_parent + 12
+        && offsets.dentry_d_name_name == offsets.dentry_d_parent + 16
+    {
+        offsets.optional |= OPT_DENTRY_BLOCK;
+    }
+    if offsets.mount_mnt_mountpoint == offsets.mount_mnt_parent + 8 {
+        offsets.optional |= OPT_MOUNT_PAIR;
+    }
     if [offsets.cred_egid, offsets.cred_fsuid, offsets.cred_fsgid]
         == [
             offsets.cred_euid + 4,
@@ -453,6 +464,10 @@ mod tests {
             offsets.task_real_parent > 0 && offsets.dentry_d_name_name > offsets.dentry_d_name_len
         );
         assert!(offsets.upid_size >= 12);
+        // The walk's one-read layouts hold on this kernel (else the walk
+        // is correct but slower: see OPT_DENTRY_BLOCK, OPT_MOUNT_PAIR).
+        assert_ne!(offsets.optional & OPT_DENTRY_BLOCK, 0, "{offsets:?}");
+        assert_ne!(offsets.optional & OPT_MOUNT_PAIR, 0, "{offsets:?}");
         assert!(btf.func_id("vfs_link").is_some());
         assert!(btf.func_id("no_such_kernel_function").is_none());
     }
