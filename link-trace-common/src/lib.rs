@@ -343,6 +343,9 @@ pub const OPT_DENTRY_BLOCK: u32 = 1 << 11;
 /// mount's mnt_mountpoint directly follows mnt_parent: one read per mount
 /// crossing instead of two.
 pub const OPT_MOUNT_PAIR: u32 = 1 << 12;
+/// struct pid's numbers[] is a flexible array (Linux 6.5+), so the
+/// verifier lets typed loads reach the entries past the first.
+pub const OPT_PID_FLEX: u32 = 1 << 13;
 
 /// A process's executable path as walked once, cached by tgid and checked
 /// against the exe file it was walked from.

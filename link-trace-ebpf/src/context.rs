@@ -21,11 +21,11 @@ use link_trace_common::{
     BASE_SAME_AS_OLD, BaseInfo, CTX_AUDIT, CTX_CREDS, CTX_EXE, CTX_MNT_NS, CTX_PID_NS, CTX_PPID,
     ExeCacheEntry, FileFacts, KernelOffsets, NAME_MAX, NEW_CHANGED_AT_EXIT, NEW_REREAD_FAILED,
     OLD_CHANGED_AT_EXIT, OLD_REREAD_FAILED, OPT_CGROUP_CHAIN, OPT_DENTRY_BLOCK, OPT_MOUNT_PAIR,
-    OUT_OFFSET_MASK, OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PendingCall,
-    ProcessContext, RESOLVE_BAD_FD, RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT, RESOLVE_NO_ARGUMENT,
-    RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK, RESOLVE_READ_FAILED, RESOLVE_TOO_LONG, SEG_EXE,
-    SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE, SyscallId, TASK_COMM_LEN,
-    WALK_CAP, WALK_END, WALK_MAX_DEPTH,
+    OPT_PID_FLEX, OUT_OFFSET_MASK, OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX,
+    PendingCall, ProcessContext, RESOLVE_BAD_FD, RESOLVE_DELETED, RESOLVE_DEPTH_LIMIT,
+    RESOLVE_NO_ARGUMENT, RESOLVE_NOT_A_DIRECTORY, RESOLVE_OK, RESOLVE_READ_FAILED,
+    RESOLVE_TOO_LONG, SEG_EXE, SEG_NEW_AT_EXIT, SEG_NEW_BASE, SEG_OLD_AT_EXIT, SEG_OLD_BASE,
+    SyscallId, TASK_COMM_LEN, WALK_CAP, WALK_END, WALK_MAX_DEPTH,
 };
 
 /// Filled in by the loader from BTF (see link-trace/src/btf.rs).
@@ -691,26 +691,31 @@ fn cgroup_id(task: u64) -> u64 {
 /// container) are all loaded and the right one picked (loading only the
 /// one wanted lets the compiler fold the three into one load at a variable
 /// offset, which the verifier refuses); deeper levels take
-/// bpf_probe_read_kernel.
+/// bpf_probe_read_kernel. Before Linux 6.5 numbers[] was declared with one
+/// entry, and the verifier allows typed loads of that one only.
 #[inline(always)]
 fn pid_ns_inum(pid: u64) -> Result<u32, u8> {
     let level = load::<u32>(pid, off!(pid_level));
     let entry = |level: u64| off!(pid_numbers) + level * off!(upid_size) + off!(upid_ns);
-    let (host, inner, nested) = (
-        load::<u64>(pid, entry(0)),
-        load::<u64>(pid, entry(1)),
-        load::<u64>(pid, entry(2)),
-    );
-    let ns = match level {
-        0 => host,
-        1 => inner,
-        2 => nested,
-        3..32 => {
-            let pid = untyped([pid, 0])?[0];
-            let ns = ptr(pid + entry(level as u64))?;
-            return read::<u32>(ns + off!(pid_ns_inum));
+    let host = load::<u64>(pid, entry(0));
+    let typed = if off!(optional) as u32 & OPT_PID_FLEX == 0 {
+        (level == 0).then_some(host)
+    } else {
+        let (inner, nested) = (load::<u64>(pid, entry(1)), load::<u64>(pid, entry(2)));
+        match level {
+            0 => Some(host),
+            1 => Some(inner),
+            2 => Some(nested),
+            _ => None,
         }
-        _ => return Err(RESOLVE_READ_FAILED),
+    };
+    let Some(ns) = typed else {
+        if level >= 32 {
+            return Err(RESOLVE_READ_FAILED);
+        }
+        let pid = untyped([pid, 0])?[0];
+        let ns = ptr(pid + entry(level as u64))?;
+        return read::<u32>(ns + off!(pid_ns_inum));
     };
     if ns == 0 {
         return Err(RESOLVE_READ_FAILED);

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use link_trace_common::{
     CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CGROUP_CHAIN, OPT_CRED_BLOCK, OPT_DENTRY_BLOCK,
-    OPT_MOUNT_PAIR,
+    OPT_MOUNT_PAIR, OPT_PID_FLEX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +336,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     {
         offsets.optional |= OPT_DENTRY_BLOCK;
     }
+    // numbers[] declared with no size (6.5+) rather than numbers[1].
+    if btf.struct_size("pid")? < offsets.pid_numbers + offsets.upid_size {
+        offsets.optional |= OPT_PID_FLEX;
+    }
     if offsets.mount_mnt_mountpoint == offsets.mount_mnt_parent + 8 {
         offsets.optional |= OPT_MOUNT_PAIR;
     }
@@ -468,6 +472,7 @@ mod tests {
         // is correct but slower: see OPT_DENTRY_BLOCK, OPT_MOUNT_PAIR).
         assert_ne!(offsets.optional & OPT_DENTRY_BLOCK, 0, "{offsets:?}");
         assert_ne!(offsets.optional & OPT_MOUNT_PAIR, 0, "{offsets:?}");
+        assert_ne!(offsets.optional & OPT_PID_FLEX, 0, "6.18 has numbers[]");
         assert!(btf.func_id("vfs_link").is_some());
         assert!(btf.func_id("no_such_kernel_function").is_none());
     }
