@@ -70,11 +70,11 @@ pub(crate) static EXE_CACHE: LruHashMap<u32, ExeCacheEntry> =
     LruHashMap::with_max_entries(EXE_CACHE_ENTRIES, 0);
 #[map]
 pub(crate) static EXE_SCRATCH: PerCpuArray<ExeCacheEntry> = PerCpuArray::with_max_entries(1, 0);
-/// A (mnt, dentry) root known to walk to "/" (see context::walk_root).
 /// Where typed pointers are stored and read back as plain numbers (see
 /// context::untyped).
 #[map]
 pub(crate) static UNTYPED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+/// A (mnt, dentry) root known to walk to "/" (see context::walk_root).
 #[map]
 pub(crate) static SLASH_ROOT: Array<[u64; 2]> = Array::with_max_entries(1, 0);
 #[map]
