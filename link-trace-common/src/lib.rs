@@ -418,11 +418,9 @@ pub struct KernelOffsets {
     pub upid_ns: u32,
     pub pid_ns_inum: u32,
     /// Read at syscall entry through the BTF-typed current task, in place
-    /// of the pid_tgid, uid_gid and comm helpers.
+    /// of the pid_tgid and comm helpers.
     pub task_pid: u32,
     pub task_comm: u32,
-    pub cred_uid: u32,
-    pub cred_gid: u32,
     /// The default-hierarchy cgroup id chain (OPT_CGROUP_CHAIN).
     pub task_cgroups: u32,
     pub css_set_dfl_cgrp: u32,

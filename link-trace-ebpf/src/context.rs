@@ -114,8 +114,11 @@ fn load_ptr(base: u64, offset: u64) -> Result<u64, u8> {
 }
 
 /// The caller's pid_tgid and uid_gid as the helpers of those names give
-/// them (tgid << 32 | pid, gid << 32 | uid): loaded from the typed task,
-/// or from the helpers while OFFSETS is not filled in (no BTF).
+/// them (tgid << 32 | pid, gid << 32 | uid). pid and tgid are loaded from
+/// the typed task (no helper call); uid_gid stays with its helper: loading
+/// task->cred, a pointer, from the trusted task costs the verifier several
+/// by-name searches of the kernel's BTF each time it visits the load
+/// (~0.8 ms per entry program measured), for a saving of one helper call.
 #[inline(always)]
 pub(crate) fn caller_ids() -> (u64, u64) {
     if !offsets_ready() {
@@ -124,15 +127,7 @@ pub(crate) fn caller_ids() -> (u64, u64) {
     let task = current_task();
     let pid = load::<u32>(task, off!(task_pid)) as u64;
     let tgid = load::<u32>(task, off!(task_tgid)) as u64;
-    let (uid, gid) = match load_ptr(task, off!(task_cred)) {
-        Ok(cred) => (
-            load::<u32>(cred, off!(cred_uid)) as u64,
-            load::<u32>(cred, off!(cred_gid)) as u64,
-        ),
-        // What the helper gives when there is no task.
-        Err(_) => return (tgid << 32 | pid, u64::MAX),
-    };
-    (tgid << 32 | pid, gid << 32 | uid)
+    (tgid << 32 | pid, bpf_get_current_uid_gid())
 }
 
 /// The caller's comm, NUL-padded as bpf_get_current_comm gives it (loaded

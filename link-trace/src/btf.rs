@@ -300,8 +300,6 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         pid_ns_inum: o("pid_namespace", &["ns", "inum"])?,
         task_pid: o("task_struct", &["pid"])?,
         task_comm: o("task_struct", &["comm"])?,
-        cred_uid: o("cred", &["uid"])?,
-        cred_gid: o("cred", &["gid"])?,
         ..Default::default()
     };
     if let (Ok(loginuid), Ok(sessionid)) = (
