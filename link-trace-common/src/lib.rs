@@ -334,6 +334,18 @@ pub const NAME_MAX: usize = 255;
 pub const OPT_CRED_BLOCK: u32 = 1 << 8;
 /// task_struct's sessionid directly follows loginuid.
 pub const OPT_AUDIT_PAIR: u32 = 1 << 9;
+/// task->cgroups->dfl_cgrp->kn->id can be loaded (CONFIG_CGROUPS): the
+/// cgroup id without the helper call.
+pub const OPT_CGROUP_CHAIN: u32 = 1 << 10;
+/// dentry's d_parent is directly followed by d_name (a qstr: hash, len,
+/// name): one 24-byte read per step of a path walk instead of three.
+pub const OPT_DENTRY_BLOCK: u32 = 1 << 11;
+/// mount's mnt_mountpoint directly follows mnt_parent: one read per mount
+/// crossing instead of two.
+pub const OPT_MOUNT_PAIR: u32 = 1 << 12;
+/// struct pid's numbers[] is a flexible array (Linux 6.5+), so the
+/// verifier lets typed loads reach the entries past the first.
+pub const OPT_PID_FLEX: u32 = 1 << 13;
 
 /// A process's executable path as walked once, cached by tgid and checked
 /// against the exe file it was walked from.
@@ -405,6 +417,15 @@ pub struct KernelOffsets {
     pub upid_size: u32,
     pub upid_ns: u32,
     pub pid_ns_inum: u32,
+    /// Read at syscall entry through the BTF-typed current task, in place
+    /// of the pid_tgid and comm helpers.
+    pub task_pid: u32,
+    pub task_comm: u32,
+    /// The default-hierarchy cgroup id chain (OPT_CGROUP_CHAIN).
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// AT_FDCWD, the dirfd that link(2) implies.

@@ -14,12 +14,9 @@ mod context;
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-            bpf_probe_read_user_str,
-        },
+    helpers::generated::{
+        bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_str,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -29,11 +26,10 @@ use aya_log_ebpf::warn;
 use link_trace_common::{
     AT_FDCWD, CONTEXT_HEADER_OFFSET, CONTEXT_HEADER_SIZE, CONTEXT_SEG_COUNT, CONTEXT_STATS,
     CTX_CREDS, ContextRecordHeader, DEFAULT_RING_BYTES, EXE_CACHE_ENTRIES, ExeCacheEntry,
-    FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID, LinkRecordHeader, MAX_INFLIGHT,
-    OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED, PathArg,
-    PendingCall, RECORD_CONTEXT, RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS, SEG_NEW_RAW,
-    SEG_OLD_RAW, STATS_ENTRIES, Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES,
-    WALK_CAP,
+    FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID, MAX_INFLIGHT, OutRecord,
+    PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED, PathArg, PendingCall,
+    RECORD_CONTEXT, RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS, SEG_NEW_RAW, SEG_OLD_RAW,
+    STATS_ENTRIES, Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES, WALK_CAP,
 };
 
 const OUT_RECORD_SIZE: usize = core::mem::size_of::<OutRecord>();
@@ -74,6 +70,10 @@ pub(crate) static EXE_CACHE: LruHashMap<u32, ExeCacheEntry> =
     LruHashMap::with_max_entries(EXE_CACHE_ENTRIES, 0);
 #[map]
 pub(crate) static EXE_SCRATCH: PerCpuArray<ExeCacheEntry> = PerCpuArray::with_max_entries(1, 0);
+/// Where typed pointers are stored and read back as plain numbers (see
+/// context::untyped).
+#[map]
+pub(crate) static UNTYPED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 /// A (mnt, dentry) root known to walk to "/" (see context::walk_root).
 #[map]
 pub(crate) static SLASH_ROOT: Array<[u64; 2]> = Array::with_max_entries(1, 0);
@@ -194,19 +194,15 @@ fn wanted(tgid: u32, uid: u32) -> bool {
     if filters & FILTER_UID != 0 && FILTER_UIDS.get_ptr(uid).is_none() {
         return false;
     }
-    if filters & FILTER_COMM != 0 {
-        let comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
-        if FILTER_COMMS.get_ptr(comm).is_none() {
-            return false;
-        }
+    if filters & FILTER_COMM != 0 && FILTER_COMMS.get_ptr(context::caller_comm()).is_none() {
+        return false;
     }
     true
 }
 
 #[inline(always)]
 fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
+    let (pid_tgid, uid_gid) = context::caller_ids();
     let (tgid, uid) = ((pid_tgid >> 32) as u32, uid_gid as u32);
     if !wanted(tgid, uid) {
         return Ok(());
@@ -258,8 +254,12 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     };
     // SAFETY: plain helper call without arguments.
     header.enter_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    header.exit_boot_ns = 0;
-    header.ret = 0;
+    // Volatile: two adjacent zero stores become a (byte-wise) memset call.
+    // SAFETY: plain field writes.
+    unsafe {
+        core::ptr::write_volatile(&raw mut header.exit_boot_ns, 0);
+        core::ptr::write_volatile(&raw mut header.ret, 0);
+    }
     header.tgid = tgid;
     header.tid = pid_tgid as u32;
     header.uid = uid;
@@ -269,7 +269,7 @@ fn try_enter(ctx: &TracePointContext, syscall: SyscallId) -> Result<(), Stat> {
     header.flags = flags as u32;
     header.olddirfd = olddirfd as i32;
     header.newdirfd = newdirfd as i32;
-    header.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+    header.comm = context::caller_comm();
 
     call.old_ptr = oldname;
     call.new_ptr = newname;
@@ -345,7 +345,7 @@ fn read_path(dest: *mut u8, user_ptr: u64) -> PathArg {
 
 /// Err carries the loss and whether it is a context record's.
 fn try_exit(ctx: &TracePointContext) -> Result<(), (Stat, bool)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid_tgid, uid_gid) = context::caller_ids();
     let call = INFLIGHT.get_ptr_mut(pid_tgid).filter(|call| {
         // SAFETY: a map value of this thread's key, touched by this thread only.
         let record_type = unsafe { (**call).header.record_type };
@@ -353,8 +353,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), (Stat, bool)> {
     });
     let Some(call) = call else {
         // Only a caller we would have traced counts as a miss.
-        let uid = bpf_get_current_uid_gid() as u32;
-        if !wanted((pid_tgid >> 32) as u32, uid) {
+        if !wanted((pid_tgid >> 32) as u32, uid_gid as u32) {
             return Ok(());
         }
         // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
@@ -392,10 +391,11 @@ fn submit(ctx: &TracePointContext, call: &PendingCall) -> Result<(), Stat> {
     // SAFETY: this CPU's slots, ours until the program returns.
     let (out, walk) = unsafe { (&mut *out, &mut *walk) };
 
-    out.header = LinkRecordHeader {
-        call: call.header,
-        ..Default::default()
-    };
+    // SAFETY: both are this program's own map memory, 8-aligned.
+    unsafe {
+        zero_words(&raw mut out.header);
+        copy_words(&raw mut out.header.call, &raw const call.header);
+    }
     // SAFETY: plain helper call without arguments.
     out.header.call.exit_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
@@ -424,7 +424,7 @@ fn submit(ctx: &TracePointContext, call: &PendingCall) -> Result<(), Stat> {
     let record =
         unsafe { core::slice::from_raw_parts((out as *const OutRecord).cast::<u8>(), len) };
     EVENTS
-        .output::<[u8]>(record, wakeup_flag(out.header.call.exit_boot_ns))
+        .output::<[u8]>(record, wakeup_flag(out.header.call.exit_boot_ns, len))
         .map_err(|_| Stat::RingFull)?;
     count(Stat::Submitted);
     Ok(())
@@ -468,11 +468,13 @@ fn emit_context(out: &mut OutRecord) -> Result<(), Stat> {
         let start = (out as *mut OutRecord)
             .cast::<u8>()
             .add(CONTEXT_HEADER_OFFSET);
-        core::ptr::write_unaligned(start.cast::<ContextRecordHeader>(), header);
+        // 8-aligned (the header sizes are multiples of 8): an aligned
+        // write is word stores, where write_unaligned is a byte-wise memcpy.
+        core::ptr::write(start.cast::<ContextRecordHeader>(), header);
         core::slice::from_raw_parts(start.cast_const(), len)
     };
     EVENTS
-        .output::<[u8]>(record, wakeup_flag(header.call.exit_boot_ns))
+        .output::<[u8]>(record, wakeup_flag(header.call.exit_boot_ns, len))
         .map_err(|_| Stat::RingFull)?;
     count_context(Stat::Submitted);
     Ok(())
@@ -505,24 +507,60 @@ fn copy_raw_paths(call: &PendingCall, out: &mut OutRecord) -> Result<(), Stat> {
 }
 
 /// Batches consumer wakeups instead of waking userspace per event: wake when
-/// WAKEUP_BYTES are pending, or when no wakeup was sent for WAKEUP_AFTER_NS
-/// (so a lone event is delivered at once). Anything else waits for the next
-/// batch or the daemon's periodic drain (link_trace_common::DRAIN_INTERVAL_MS).
+/// the data pending in the ring crosses WAKEUP_BYTES with this record, or
+/// when no wakeup was sent for WAKEUP_AFTER_NS (so a lone event is delivered
+/// at once). Anything else waits for the next batch or the daemon's periodic
+/// drain (link_trace_common::DRAIN_INTERVAL_MS). Only the crossing wakes:
+/// waking for every record while more than WAKEUP_BYTES wait (until the
+/// daemon gets to run) cost a self-IPI each, in a VM a trap to the
+/// hypervisor, and was the largest single cost of the exit program.
 #[inline(always)]
-fn wakeup_flag(now_ns: u64) -> u64 {
+fn wakeup_flag(now_ns: u64, len: usize) -> u64 {
     let Some(last) = LAST_WAKEUP_NS.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: an 8-byte map slot; a racing update from another CPU only
     // moves the next wakeup a little, which is harmless.
     let last = unsafe { &mut *last };
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     if now_ns.saturating_sub(*last) >= WAKEUP_AFTER_NS
-        || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES
+        || (pending < WAKEUP_BYTES && pending + len as u64 >= WAKEUP_BYTES)
     {
         *last = now_ns;
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Zeroes `*dst` one 8-byte store per word. Left to itself the compiler
+/// calls memset, which the BPF target implements as a loop of one store
+/// per byte (hundreds of instructions for a record header).
+///
+/// # Safety
+/// `dst` must be valid for writes and 8-aligned.
+#[inline(always)]
+unsafe fn zero_words<T>(dst: *mut T) {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
+    let words = dst.cast::<u64>();
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: inside *dst, per the caller's promise.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+}
+
+/// Copies `*src` to `*dst` one 8-byte word at a time (not memmove, which
+/// the BPF target implements a byte at a time; see zero_words).
+///
+/// # Safety
+/// Both must be valid, 8-aligned and not overlap.
+#[inline(always)]
+unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
+    let (to, from) = (dst.cast::<u64>(), src.cast::<u64>());
+    for i in 0..size_of::<T>() / 8 {
+        // SAFETY: inside both, per the caller's promise.
+        unsafe { to.add(i).write_volatile(from.add(i).read_volatile()) };
     }
 }
 

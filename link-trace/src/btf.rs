@@ -11,7 +11,10 @@
 
 use std::{collections::HashMap, num::NonZeroUsize, ops::Range, os::fd::AsFd, ptr::NonNull};
 
-use link_trace_common::{CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CRED_BLOCK};
+use link_trace_common::{
+    CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CGROUP_CHAIN, OPT_CRED_BLOCK, OPT_DENTRY_BLOCK,
+    OPT_MOUNT_PAIR, OPT_PID_FLEX,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -389,6 +392,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         upid_size: btf.struct_size("upid")?,
         upid_ns: o("upid", &["ns"])?,
         pid_ns_inum: o("pid_namespace", &["ns", "inum"])?,
+        task_pid: o("task_struct", &["pid"])?,
+        task_comm: o("task_struct", &["comm"])?,
         ..Default::default()
     };
     if let (Ok(loginuid), Ok(sessionid)) = (
@@ -401,6 +406,34 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         if sessionid == loginuid + 4 {
             offsets.optional |= OPT_AUDIT_PAIR;
         }
+    }
+    if let (Ok(cgroups), Ok(dfl_cgrp), Ok(kn), Ok(id)) = (
+        o("task_struct", &["cgroups"]),
+        o("css_set", &["dfl_cgrp"]),
+        o("cgroup", &["kn"]),
+        o("kernfs_node", &["id"]),
+    ) {
+        (
+            offsets.task_cgroups,
+            offsets.css_set_dfl_cgrp,
+            offsets.cgroup_kn,
+            offsets.kernfs_node_id,
+        ) = (cgroups, dfl_cgrp, kn, id);
+        offsets.optional |= OPT_CGROUP_CHAIN;
+    }
+    // d_name is a qstr { u32 hash; u32 len; (little-endian hash_len) const
+    // unsigned char *name; } right after d_parent on every kernel seen so far.
+    if offsets.dentry_d_name_len == offsets.dentry_d_parent + 12
+        && offsets.dentry_d_name_name == offsets.dentry_d_parent + 16
+    {
+        offsets.optional |= OPT_DENTRY_BLOCK;
+    }
+    // numbers[] declared with no size (6.5+) rather than numbers[1].
+    if btf.struct_size("pid")? < offsets.pid_numbers + offsets.upid_size {
+        offsets.optional |= OPT_PID_FLEX;
+    }
+    if offsets.mount_mnt_mountpoint == offsets.mount_mnt_parent + 8 {
+        offsets.optional |= OPT_MOUNT_PAIR;
     }
     if [offsets.cred_egid, offsets.cred_fsuid, offsets.cred_fsgid]
         == [
@@ -527,6 +560,11 @@ mod tests {
             offsets.task_real_parent > 0 && offsets.dentry_d_name_name > offsets.dentry_d_name_len
         );
         assert!(offsets.upid_size >= 12);
+        // The walk's one-read layouts hold on this kernel (else the walk
+        // is correct but slower: see OPT_DENTRY_BLOCK, OPT_MOUNT_PAIR).
+        assert_ne!(offsets.optional & OPT_DENTRY_BLOCK, 0, "{offsets:?}");
+        assert_ne!(offsets.optional & OPT_MOUNT_PAIR, 0, "{offsets:?}");
+        assert_ne!(offsets.optional & OPT_PID_FLEX, 0, "6.18 has numbers[]");
         assert!(btf.func_id("vfs_link").is_some());
         assert!(btf.func_id("no_such_kernel_function").is_none());
     }

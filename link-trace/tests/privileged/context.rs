@@ -569,3 +569,64 @@ fn argument_changed_during_the_call_is_flagged() {
         ],
     );
 }
+
+/// The pid namespace inode in a `readlink /proc/self/ns/pid` output.
+fn ns_inode_of(link: &str) -> u64 {
+    link.trim()
+        .strip_prefix("pid:[")
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|inode| inode.parse().ok())
+        .unwrap_or_else(|| panic!("not a pid namespace link: {link:?}"))
+}
+
+#[test]
+fn pid_namespace_of_a_caller_nested_one_to_three_deep_is_its_own() {
+    if !privileged("pid_namespace_of_a_caller_nested_one_to_three_deep_is_its_own") {
+        return;
+    }
+    // Depths 1 and 2 are read with typed loads at a constant offset each,
+    // 3 with bpf_probe_read_kernel: every branch of the kernel side.
+    const DEPTHS: [usize; 3] = [1, 2, 3];
+    let dir = TestDir::new("/tmp", "ctx-pidns");
+    dir.file("nsrc");
+    let tracer = Tracer::start(&["--comm", "ln"]);
+    let mut expected = Vec::new();
+    for depth in DEPTHS {
+        let mut command = Command::new("unshare");
+        for level in 0..depth {
+            if level > 0 {
+                command.arg("unshare");
+            }
+            command.args(["--pid", "--fork"]);
+        }
+        // The host's /proc still names the caller as /proc/self.
+        let output = command
+            .args([
+                "sh",
+                "-c",
+                &format!("readlink /proc/self/ns/pid && exec ln nsrc ndst{depth}"),
+            ])
+            .current_dir(&dir.path)
+            .output()
+            .expect("run unshare");
+        assert!(
+            output.status.success(),
+            "unshare at depth {depth}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        expected.push((depth, ns_inode_of(&String::from_utf8_lossy(&output.stdout))));
+    }
+    let run = tracer.stop();
+    run.assert_clean_exit();
+    let host = ns_inode("pid");
+    for (depth, inode) in expected {
+        assert_ne!(inode, host, "depth {depth} is not a namespace of its own");
+        let resolved = dir.join(&format!("ndst{depth}"));
+        let found: Vec<&Value> = run
+            .events()
+            .filter(|e| e["newpath_resolved"] == s(&resolved))
+            .collect();
+        assert_eq!(found.len(), 1, "depth {depth}: {:#?}", run.records);
+        expect_fields(found[0], &[("pid_ns", inode.into()), ("comm", "ln".into())]);
+    }
+}
