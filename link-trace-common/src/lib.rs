@@ -330,10 +330,6 @@ pub const NAME_MAX: usize = 255;
 
 /// `KernelOffsets::optional` bits besides CTX_AUDIT: layouts that allow one
 /// read instead of several.
-/// cred's euid, egid, fsuid, fsgid are four consecutive u32s.
-pub const OPT_CRED_BLOCK: u32 = 1 << 8;
-/// task_struct's sessionid directly follows loginuid.
-pub const OPT_AUDIT_PAIR: u32 = 1 << 9;
 /// task->cgroups->dfl_cgrp->kn->id can be loaded (CONFIG_CGROUPS): the
 /// cgroup id without the helper call.
 pub const OPT_CGROUP_CHAIN: u32 = 1 << 10;

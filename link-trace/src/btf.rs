@@ -12,8 +12,7 @@
 use std::{collections::HashMap, num::NonZeroUsize, ops::Range, os::fd::AsFd, ptr::NonNull};
 
 use link_trace_common::{
-    CTX_AUDIT, KernelOffsets, OPT_AUDIT_PAIR, OPT_CGROUP_CHAIN, OPT_CRED_BLOCK, OPT_DENTRY_BLOCK,
-    OPT_MOUNT_PAIR, OPT_PID_FLEX,
+    CTX_AUDIT, KernelOffsets, OPT_CGROUP_CHAIN, OPT_DENTRY_BLOCK, OPT_MOUNT_PAIR, OPT_PID_FLEX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -403,9 +402,6 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.task_loginuid = loginuid;
         offsets.task_sessionid = sessionid;
         offsets.optional |= CTX_AUDIT;
-        if sessionid == loginuid + 4 {
-            offsets.optional |= OPT_AUDIT_PAIR;
-        }
     }
     if let (Ok(cgroups), Ok(dfl_cgrp), Ok(kn), Ok(id)) = (
         o("task_struct", &["cgroups"]),
@@ -434,15 +430,6 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     }
     if offsets.mount_mnt_mountpoint == offsets.mount_mnt_parent + 8 {
         offsets.optional |= OPT_MOUNT_PAIR;
-    }
-    if [offsets.cred_egid, offsets.cred_fsuid, offsets.cred_fsgid]
-        == [
-            offsets.cred_euid + 4,
-            offsets.cred_euid + 8,
-            offsets.cred_euid + 12,
-        ]
-    {
-        offsets.optional |= OPT_CRED_BLOCK;
     }
     Ok(offsets)
 }

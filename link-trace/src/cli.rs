@@ -69,6 +69,13 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS")]
     pub stats_interval: Option<u64>,
 
+    /// Run the daemon's threads this much ahead of ordinary processes
+    /// (nice -N, like auditd's priority_boost), so a flood of links cannot
+    /// starve the consumer and fill the ring; 0 leaves the priority alone
+    /// [default: 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=20))]
+    pub priority_boost: Option<u8>,
+
     /// Ring buffer size in bytes: a power of two, at least one page
     /// [default: 8 MiB].
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]

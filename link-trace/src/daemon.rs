@@ -65,7 +65,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         settings.context_events,
     )?;
     let kernel_stats = Arc::new(tracer.stats);
-    // Before any other thread starts: threads inherit the reduced sets.
+    // Before any other thread starts: threads inherit the priority and the
+    // reduced capability sets.
+    eprintln!(
+        "{}",
+        crate::privileges::boost_priority(settings.priority_boost)
+    );
     crate::privileges::drop_unless_kept(settings.keep_capabilities)?;
     let sinks = sinks.into_iter().map(sink::Opened::start).collect();
     // capture → enrich → detect → output, each joined by a bounded queue of

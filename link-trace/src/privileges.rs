@@ -295,6 +295,38 @@ fn verify(kept: &Kept) -> Result<(), PrivilegeError> {
     }
 }
 
+/// Runs the calling thread, and so every thread it starts later, at nice
+/// `-boost` (like auditd's `priority_boost`): under a flood of links the
+/// consumer then gets the CPU before the generators, instead of the ring
+/// filling up. Call it while the process has one thread and still holds
+/// CAP_SYS_NICE. A priority already at least as high (systemd's `Nice=`) is
+/// left alone. Returns a line for stderr saying what happened.
+pub fn boost_priority(boost: u8) -> String {
+    if boost == 0 {
+        return "link-trace: priority unchanged (priority_boost 0)".to_owned();
+    }
+    let target = -i32::from(boost);
+    // SAFETY: getpriority/setpriority on the calling thread (who = 0) only
+    // read or set its nice value. getpriority may legitimately return -1,
+    // so errno is cleared first and checked after.
+    let current = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    if current <= target && std::io::Error::last_os_error().raw_os_error() == Some(0) {
+        return format!("link-trace: running at nice {current} (already at or above the boost)");
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) } == 0 {
+        format!("link-trace: running at nice {target} (priority_boost {boost})")
+    } else {
+        format!(
+            "link-trace: warning: could not raise the priority to nice {target} ({}); under a flood the ring may fill sooner",
+            std::io::Error::last_os_error()
+        )
+    }
+}
+
 /// Drops capabilities unless told to keep them, and says what it did on
 /// stderr (one line).
 pub fn drop_unless_kept(keep_all: bool) -> Result<(), PrivilegeError> {

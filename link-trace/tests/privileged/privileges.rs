@@ -481,3 +481,46 @@ fn unit_file_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The nice value (field 19 of /proc/PID/task/TID/stat) of every thread of
+/// the tracer.
+fn thread_nice_values(tracer: &Tracer) -> Vec<i64> {
+    let tasks = PathBuf::from(format!("/proc/{}/task", tracer.pid()));
+    std::fs::read_dir(&tasks)
+        .expect("list the tracer's threads")
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.expect("task entry").path().join("stat"))
+                .expect("read a thread's stat");
+            // The comm (field 2) may hold spaces; count from after its ')'.
+            let after_comm = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+            after_comm
+                .split(' ')
+                .nth(16)
+                .and_then(|nice| nice.parse().ok())
+                .unwrap_or_else(|| panic!("no nice value in {stat:?}"))
+        })
+        .collect()
+}
+
+#[test]
+fn every_thread_runs_at_the_priority_boost_and_zero_leaves_it_alone() {
+    if !privileged("every_thread_runs_at_the_priority_boost_and_zero_leaves_it_alone") {
+        return;
+    }
+    let boosted = Tracer::start(&["--pid", &my_pid()]);
+    let nice = thread_nice_values(&boosted);
+    boosted.stop().assert_clean_exit();
+    assert!(nice.len() >= 4, "only {} threads: {nice:?}", nice.len());
+    assert!(
+        nice.iter().all(|&n| n == -5),
+        "default priority_boost 5 must put every thread at nice -5: {nice:?}"
+    );
+
+    let unchanged = Tracer::start(&["--pid", &my_pid(), "--priority-boost", "0"]);
+    let nice = thread_nice_values(&unchanged);
+    unchanged.stop().assert_clean_exit();
+    assert!(
+        nice.iter().all(|&n| n == 0),
+        "priority_boost 0 must leave every thread at nice 0: {nice:?}"
+    );
+}
