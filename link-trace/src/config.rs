@@ -676,19 +676,20 @@ impl Settings {
         }
     }
 
-    /// The kernel-side filter sets are bounded.
+    /// The kernel-side filter sets and the priority boost are bounded.
     pub fn check_limits(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: self
+                .config_path
+                .clone()
+                .unwrap_or_else(|| "command line".into()),
+            message,
+        };
         if self.priority_boost > MAX_PRIORITY_BOOST {
-            return Err(ConfigError::Invalid {
-                path: self
-                    .config_path
-                    .clone()
-                    .unwrap_or_else(|| "command line".into()),
-                message: format!(
-                    "priority_boost is at most {MAX_PRIORITY_BOOST} (nice -20), got {}",
-                    self.priority_boost
-                ),
-            });
+            return Err(invalid(format!(
+                "priority_boost is at most {MAX_PRIORITY_BOOST} (nice -20), got {}",
+                self.priority_boost
+            )));
         }
         for (name, len) in [
             ("pid", self.pids.len()),
@@ -696,15 +697,9 @@ impl Settings {
             ("comm", self.comms.len()),
         ] {
             if len > FILTER_MAX_ENTRIES as usize {
-                return Err(ConfigError::Invalid {
-                    path: self
-                        .config_path
-                        .clone()
-                        .unwrap_or_else(|| "command line".into()),
-                    message: format!(
-                        "at most {FILTER_MAX_ENTRIES} {name} values are supported, got {len}"
-                    ),
-                });
+                return Err(invalid(format!(
+                    "at most {FILTER_MAX_ENTRIES} {name} values are supported, got {len}"
+                )));
             }
         }
         Ok(())
