@@ -298,13 +298,9 @@ fn a_batch_too_big_for_the_queue_is_cut_and_each_dropped_record_counted() {
     let held = memory.gate.lock().unwrap();
     let (tx, rx) = mpsc::channel(4);
     let (_control_tx, control_rx) = mpsc::channel(1);
-    let stage = spawn_stage(
-        vec![start(config(4, false), Box::new(memory.clone()))],
-        rx,
-        control_rx,
-        Arc::new(Registry::default()),
-    )
-    .unwrap();
+    let sink = start(config(4, false), Box::new(memory.clone()));
+    let counters = sink.counters.clone();
+    let stage = spawn_stage(vec![sink], rx, control_rx, Arc::new(Registry::default())).unwrap();
     // One record, in delivery (stuck at the gate): it still counts against
     // the queue's 4, so 3 of the next batch fit.
     tx.blocking_send(vec![event()]).unwrap();
@@ -315,6 +311,16 @@ fn a_batch_too_big_for_the_queue_is_cut_and_each_dropped_record_counted() {
         .collect();
     tx.blocking_send(batch).unwrap();
     drop(tx);
+    // The gate opens only once the stage has dispatched the batch (the queue
+    // is full then), or the first delivery could end before and leave room.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counters.queue_depth.load(SeqCst) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch was never dispatched"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
     drop(held);
     let summary = stage.join().unwrap();
     let report = &summary.sinks[0].0;
