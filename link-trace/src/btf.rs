@@ -9,7 +9,7 @@
 //! starts in one pass, and decodes only the types a lookup reaches: ~1 ms
 //! where decoding every type took ~15 ms.
 
-use std::{collections::HashMap, num::NonZeroUsize, ops::Range, os::fd::AsFd, ptr::NonNull};
+use std::{collections::HashMap, ops::Range};
 
 use link_trace_common::{
     CTX_AUDIT, KernelOffsets, OPT_CGROUP_CHAIN, OPT_DENTRY_BLOCK, OPT_MOUNT_PAIR, OPT_PID_FLEX,
@@ -44,61 +44,15 @@ const TYPE_HEADER: usize = 12;
 /// Bytes of one struct or union member.
 const MEMBER_SIZE: usize = 12;
 
-/// A file mapped read-only and private; unmapped on drop.
-struct Mapping {
-    start: NonNull<std::ffi::c_void>,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned by this value alone.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; shared references only read.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    fn of(file: &std::fs::File) -> Option<Mapping> {
-        let len = NonZeroUsize::new(usize::try_from(file.metadata().ok()?.len()).ok()?)?;
-        // SAFETY: a fresh private read-only mapping of a whole file; nothing
-        // else in this process refers to it. The kernel's BTF never changes.
-        let start = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                len,
-                nix::sys::mman::ProtFlags::PROT_READ,
-                nix::sys::mman::MapFlags::MAP_PRIVATE,
-                file.as_fd(),
-                0,
-            )
-        }
-        .ok()?;
-        Some(Mapping {
-            start,
-            len: len.get(),
-        })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` readable bytes at `start`, mapped until drop.
-        unsafe { std::slice::from_raw_parts(self.start.as_ptr().cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `of`, no longer borrowed.
-        let _ = unsafe { nix::sys::mman::munmap(self.start, self.len) };
-    }
-}
-
 enum Bytes {
-    Mapped(Mapping),
+    Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
 }
 
 impl Bytes {
     fn get(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(mapping) => mapping.bytes(),
+            Bytes::Mapped(mapping) => mapping,
             Bytes::Owned(bytes) => bytes,
         }
     }
@@ -155,10 +109,12 @@ impl Btf {
             source,
         };
         let file = std::fs::File::open(path).map_err(read_err)?;
-        let bytes = match Mapping::of(&file) {
-            Some(mapping) => Bytes::Mapped(mapping),
+        // Private and read-only: the kernel refuses a shared mapping of it.
+        // SAFETY: the kernel's BTF never changes while the system runs.
+        let bytes = match unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) } {
+            Ok(mapping) if !mapping.is_empty() => Bytes::Mapped(mapping),
             // Kernels before 6.16 do not map it.
-            None => Bytes::Owned(std::fs::read(path).map_err(read_err)?),
+            _ => Bytes::Owned(std::fs::read(path).map_err(read_err)?),
         };
         Self::index(bytes)
     }

@@ -11,9 +11,7 @@ pub mod http;
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    num::NonZeroUsize,
-    os::fd::AsFd,
-    ptr::NonNull,
+    os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -193,37 +191,22 @@ impl StageMetrics {
 /// instant, and nothing added to the kernel programs or the drain loop.
 #[derive(Debug)]
 pub struct RingFill {
-    mapping: NonNull<libc::c_void>,
+    /// Raw (pointer-only) because the kernel writes the positions under us.
+    mapping: memmap2::MmapRaw,
     page: usize,
     size: u64,
 }
-
-// SAFETY: the mapping is read-only, owned by this value alone and only read
-// through atomic loads.
-unsafe impl Send for RingFill {}
-// SAFETY: as above; concurrent atomic loads are fine.
-unsafe impl Sync for RingFill {}
 
 impl RingFill {
     /// Maps the position pages of a BPF ring buffer map (its fd) of `size`
     /// data bytes. The mapping keeps the map alive on its own.
     pub fn map(ring: impl AsFd, size: u32) -> io::Result<RingFill> {
         let page = page_size();
-        let length = NonZeroUsize::new(2 * page).ok_or(io::ErrorKind::InvalidInput)?;
-        // SAFETY: a fresh shared read-only mapping of the map's first two
-        // pages (consumer_pos, producer_pos), which the kernel allows for a
-        // ring buffer map; unmapped in Drop, never written through.
-        let mapping = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                length,
-                nix::sys::mman::ProtFlags::PROT_READ,
-                nix::sys::mman::MapFlags::MAP_SHARED,
-                ring,
-                0,
-            )
-        }
-        .map_err(io::Error::from)?;
+        // The map's first two pages (consumer_pos, producer_pos), shared and
+        // read-only, which the kernel allows for a ring buffer map.
+        let mapping = memmap2::MmapOptions::new()
+            .len(2 * page)
+            .map_raw_read_only(ring.as_fd().as_raw_fd())?;
         Ok(RingFill {
             mapping,
             page,
@@ -236,7 +219,13 @@ impl RingFill {
         // start with the kernel's `unsigned long` position, which its writer
         // updates with release stores; an acquire load pairs with them.
         let position = unsafe {
-            AtomicUsize::from_ptr(self.mapping.as_ptr().byte_add(page * self.page).cast())
+            AtomicUsize::from_ptr(
+                self.mapping
+                    .as_ptr()
+                    .byte_add(page * self.page)
+                    .cast_mut()
+                    .cast(),
+            )
         }
         .load(std::sync::atomic::Ordering::Acquire);
         position as u64
@@ -253,13 +242,6 @@ impl RingFill {
 
     pub fn size(&self) -> u64 {
         self.size
-    }
-}
-
-impl Drop for RingFill {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping of exactly this length.
-        let _ = unsafe { nix::sys::mman::munmap(self.mapping, 2 * self.page) };
     }
 }
 

@@ -306,14 +306,13 @@ pub fn boost_priority(boost: u8) -> String {
         return "link-trace: priority unchanged (priority_boost 0)".to_owned();
     }
     let target = -i32::from(boost);
+    // getpriority may legitimately return -1, so errno is cleared first and
+    // checked after.
+    nix::errno::Errno::clear();
     // SAFETY: getpriority/setpriority on the calling thread (who = 0) only
-    // read or set its nice value. getpriority may legitimately return -1,
-    // so errno is cleared first and checked after.
-    let current = unsafe {
-        *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, 0)
-    };
-    if current <= target && std::io::Error::last_os_error().raw_os_error() == Some(0) {
+    // read or set its nice value.
+    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if current <= target && nix::errno::Errno::last_raw() == 0 {
         return format!("link-trace: running at nice {current} (already at or above the boost)");
     }
     // SAFETY: as above.

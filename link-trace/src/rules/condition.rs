@@ -411,13 +411,18 @@ impl HeadKeys {
     }
 }
 
+/// How a rule's glob is compiled: `*` and `?` stop at `/`, `\` escapes.
+fn rule_glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+}
+
 fn glob_set(patterns: &Spanned<OneOrMany>) -> Result<GlobSet, Located> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns.get_ref().clone().into_vec() {
-        let glob = GlobBuilder::new(&pattern)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
+        let glob = rule_glob(&pattern)
             .or_else(|e| located(patterns.span(), format!("bad glob `{pattern}`: {e}")))?;
         builder.add(glob);
     }
@@ -832,11 +837,7 @@ mod tests {
                 "{pattern} {matching}"
             );
             assert!(!heads.may_match(one, other.as_bytes()), "{pattern} {other}");
-            let glob = GlobBuilder::new(pattern)
-                .literal_separator(true)
-                .build()
-                .unwrap()
-                .compile_matcher();
+            let glob = rule_glob(pattern).unwrap().compile_matcher();
             assert!(glob.is_match(matching), "{pattern} {matching}");
             assert!(
                 literals.may_match(matching.as_bytes()),
@@ -884,12 +885,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(11);
         let alphabet = b"/abcfhkpstxy.";
         for pattern in patterns {
-            let glob = GlobBuilder::new(pattern)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .unwrap()
-                .compile_matcher();
+            let glob = rule_glob(pattern).unwrap().compile_matcher();
             let literals = GlobLiterals::of(pattern);
             let mut matched = 0;
             for _ in 0..20_000 {
@@ -924,12 +920,7 @@ mod tests {
             ("/etc/**/x/**/y", "/etc/x/y"),
             ("a/**/b", "a/b"),
         ] {
-            let glob = GlobBuilder::new(pattern)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .unwrap()
-                .compile_matcher();
+            let glob = rule_glob(pattern).unwrap().compile_matcher();
             assert!(glob.is_match(value), "globset: {pattern} {value}");
             let literals = GlobLiterals::of(pattern);
             assert!(literals.may_match(value.as_bytes()), "{pattern} {value}");
@@ -972,15 +963,9 @@ mod tests {
         ];
         let mut ruled_out = 0;
         for value in values {
-            let matched = patterns.iter().any(|p| {
-                GlobBuilder::new(p)
-                    .literal_separator(true)
-                    .backslash_escape(true)
-                    .build()
-                    .unwrap()
-                    .compile_matcher()
-                    .is_match(value)
-            });
+            let matched = patterns
+                .iter()
+                .any(|p| rule_glob(p).unwrap().compile_matcher().is_match(value));
             let may = heads.may_match(&literals, value.as_bytes());
             assert!(!matched || may, "{value} matches but was ruled out");
             ruled_out += usize::from(!may);
