@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::{
     field::{Field, Kind, Value},
-    screen::Facts,
+    screen::{Facts, prefix_key},
 };
 
 /// A compile error at a byte range of the rule file.
@@ -378,12 +378,6 @@ pub struct HeadKeys {
     keys: Vec<u64>,
 }
 
-fn head_key(bytes: &[u8], len: usize) -> u64 {
-    let mut key = [0u8; 8];
-    key[..len].copy_from_slice(&bytes[..len]);
-    u64::from_le_bytes(key)
-}
-
 impl HeadKeys {
     pub fn of(literals: &[GlobLiterals]) -> HeadKeys {
         let len = literals
@@ -394,7 +388,7 @@ impl HeadKeys {
             .min(8);
         HeadKeys {
             len,
-            keys: literals.iter().map(|l| head_key(&l.head, len)).collect(),
+            keys: literals.iter().map(|l| prefix_key(&l.head, len)).collect(),
         }
     }
 
@@ -403,7 +397,7 @@ impl HeadKeys {
         if value.len() < self.len {
             return false;
         }
-        let key = head_key(value, self.len);
+        let key = prefix_key(value, self.len);
         self.keys
             .iter()
             .zip(literals)

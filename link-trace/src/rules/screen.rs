@@ -30,7 +30,7 @@ pub const SCREENED_FIELDS: usize = 8;
 /// The first `len` (at most 8) bytes of `bytes`, zero-padded, as one u64.
 /// A byte loop rather than `copy_from_slice`, which calls memcpy for a
 /// length not known at compile time.
-fn prefix_key(bytes: &[u8], len: usize) -> u64 {
+pub(super) fn prefix_key(bytes: &[u8], len: usize) -> u64 {
     if len >= 8 && bytes.len() >= 8 {
         let mut key = [0u8; 8];
         key.copy_from_slice(&bytes[..8]);
