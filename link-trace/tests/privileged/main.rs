@@ -757,7 +757,14 @@ fn tiny_ring_accounts_for_every_call_exactly() {
     let src = dir.file("src");
     // A comm of our own, so the kernel's counters see this thread's calls only.
     let run = harness::with_comm("lt-tinyring", || {
-        let tracer = Tracer::start(&["--comm", "lt-tinyring", "--ring-bytes", "4096"]);
+        let tracer = Tracer::start(&[
+            "--pid",
+            &my_pid(),
+            "--comm",
+            "lt-tinyring",
+            "--ring-bytes",
+            "4096",
+        ]);
         for i in 0..CALLS {
             linkat(AT_FDCWD, &src, AT_FDCWD, &dir.join(&format!("n{i}")), 0).expect("linkat");
         }

@@ -1,8 +1,9 @@
 //! The file and Unix socket outputs, end to end: the real tracer with
 //! `--output file:…` and `--output unix:…`, real link calls, and what
 //! arrives in the files and at the subscribers checked record by record.
-//! Each test gives its thread a comm of its own and traces only that comm,
-//! so the counts are exactly this test's calls.
+//! Each test gives its thread a comm of its own and traces only that comm
+//! in this process (another suite run at the same time uses the same
+//! names), so the counts are exactly this test's calls.
 
 use std::{
     collections::BTreeSet,
@@ -23,8 +24,8 @@ use std::{
 use serde_json::Value;
 
 use crate::harness::{
-    Run, TestDir, Tracer, caller_fields, expect_fields, linkat, privileged, record_from_line,
-    with_comm,
+    Run, TestDir, Tracer, caller_fields, expect_fields, linkat, my_pid, privileged,
+    record_from_line, with_comm,
 };
 
 const AT_FDCWD: i32 = libc::AT_FDCWD;
@@ -199,7 +200,10 @@ fn file_rotation_under_load_keeps_every_event_whole_and_once() {
     let src = dir.file("src");
     let (all, few) = (dir.join("all.jsonl"), dir.join("few.jsonl"));
     let comm = "lt-sinkrotate";
+    let pid = my_pid();
     let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
         "--comm",
         comm,
         "--output",
@@ -277,7 +281,10 @@ fn unix_socket_is_0600_and_two_subscribers_get_the_events_field_by_field() {
     let src = dir.file("src");
     let socket = dir.join("events.sock");
     let comm = "lt-sinkunix";
+    let pid = my_pid();
     let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
         "--comm",
         comm,
         "--output",
@@ -340,7 +347,10 @@ fn a_subscriber_that_stops_reading_is_dropped_and_counted_while_the_other_keeps_
     let src = dir.file("src");
     let socket = dir.join("slow.sock");
     let comm = "lt-sinkslow";
+    let pid = my_pid();
     let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
         "--comm",
         comm,
         "--output",
@@ -463,7 +473,10 @@ fn a_full_disk_drops_and_counts_whole_records_and_the_file_output_comes_back() {
     let disk = SmallDisk::mount(dir.join("small"), "1m");
     let path = disk.path.join("events.jsonl");
     let comm = "lt-sinkfull";
+    let pid = my_pid();
     let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
         "--comm",
         comm,
         "--output",
@@ -547,7 +560,8 @@ fn sighup_adds_a_file_output_and_removes_the_socket_without_losing_events_on_the
     )
     .unwrap();
     let comm = "lt-sinkhup";
-    let tracer = Tracer::start(&["--comm", comm, "--config", s(&config)]);
+    let pid = my_pid();
+    let tracer = Tracer::start(&["--pid", &pid, "--comm", comm, "--config", s(&config)]);
     let subscriber = subscribe(&socket);
     with_comm(comm, || links(&src, &dir.path, "before", 300));
 
@@ -657,7 +671,10 @@ fn ecs_and_ocsf_outputs_describe_the_live_call() {
     let src = dir.file("src");
     let (ecs_path, ocsf_path) = (dir.join("ecs.jsonl"), dir.join("ocsf.jsonl"));
     let comm = "lt-fmt-sink";
+    let pid = my_pid();
     let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
         "--comm",
         comm,
         "--output",

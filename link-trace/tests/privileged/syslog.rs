@@ -21,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::harness::{Run, TestDir, Tracer, linkat, privileged};
+use crate::harness::{Run, TestDir, Tracer, linkat, my_pid, privileged};
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 const SD_ID: &str = "link-trace@32473";
@@ -342,7 +342,10 @@ fn end_to_end(transport: &str, comm: &'static str) {
         ),
     };
     let app = format!("lt-{transport}-{}", std::process::id());
+    let pid = my_pid();
     let tracer = Tracer::start(&[
+        "--pid",
+        &pid,
         "--comm",
         comm,
         "--output",
