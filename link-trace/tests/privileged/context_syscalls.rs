@@ -729,7 +729,11 @@ fn one_user_writing_a_temporary_then_linking_and_renaming_raises_nothing() {
 /// process's rename onto its source, printed in the same run.
 fn expect_explained_if_mismatched(run: &Run, event: &Value) -> bool {
     if event["inode_mismatch"] != true {
-        assert_eq!(event["inode_mismatch_explained_by"], Value::Null, "{event:#}");
+        assert_eq!(
+            event["inode_mismatch_explained_by"],
+            Value::Null,
+            "{event:#}"
+        );
         return false;
     }
     let why = &event["inode_mismatch_explained_by"];
@@ -745,8 +749,18 @@ fn expect_explained_if_mismatched(run: &Run, event: &Value) -> bool {
     let renames: Vec<&Value> = context_records(run)
         .filter(|r| r["seq"] == why["seq"])
         .collect();
-    assert_eq!(renames.len(), 1, "the explaining rename is in the stream: {why:#}");
-    for field in ["boot_ns", "oldpath_resolved", "newpath_resolved", "pid", "tid"] {
+    assert_eq!(
+        renames.len(),
+        1,
+        "the explaining rename is in the stream: {why:#}"
+    );
+    for field in [
+        "boot_ns",
+        "oldpath_resolved",
+        "newpath_resolved",
+        "pid",
+        "tid",
+    ] {
         assert_eq!(renames[0][field], why[field], "{field} of {why:#}");
     }
     true

@@ -450,10 +450,7 @@ fn a_source_swapped_by_another_process_after_the_link_alerts() {
     std::os::unix::fs::symlink(&secret, &x).expect("symlink x -> secret");
     let ino = |p: &Path| std::fs::metadata(p).expect("stat").ino();
     let (secret_ino, benign_ino) = (ino(&secret), ino(&benign));
-    let (c_benign, c_x) = (
-        crate::harness::cstr(&benign),
-        crate::harness::cstr(&x),
-    );
+    let (c_benign, c_x) = (crate::harness::cstr(&benign), crate::harness::cstr(&x));
     let comm = format!("lt-swap-{}", std::process::id() % 100_000);
 
     let (run, swapper) = crate::harness::with_comm(&comm, || {
@@ -500,7 +497,12 @@ fn a_source_swapped_by_another_process_after_the_link_alerts() {
         .iter()
         .filter(|r| r["kind"] == "context" && r["newpath_resolved"] == s(&x))
         .collect();
-    assert_eq!(renames.len(), 1, "the swap is in the stream: {:#?}", run.records);
+    assert_eq!(
+        renames.len(),
+        1,
+        "the swap is in the stream: {:#?}",
+        run.records
+    );
     expect_fields(
         renames[0],
         &[("pid", swapper.into()), ("syscall", "rename".into())],
