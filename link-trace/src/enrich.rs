@@ -19,6 +19,8 @@ use std::{
 
 use tokio::sync::mpsc;
 
+mod hold;
+
 use crate::{
     event::{FileInfo, LinkEvent, Record, Undelivered},
     names,
@@ -216,7 +218,16 @@ impl Enricher {
             event.new_file = stat(&self.lookup_path(event, resolved), false).ok();
         }
         if let (Some(file), Some(new_file)) = (&event.file, &event.new_file) {
-            event.inode_mismatch = Some((&file.dev, file.ino) != (&new_file.dev, new_file.ino));
+            let mismatch = (&file.dev, file.ino) != (&new_file.dev, new_file.ino);
+            event.inode_mismatch = Some(mismatch);
+            // Only a stat of the source can have seen a later rename onto
+            // it. The clock is read here, after the new name's stat too,
+            // so that events without a mismatch pay nothing for it; the few
+            // µs it adds to the window can only let the caller's own
+            // rename explain its own mismatch, which it could anyway.
+            if mismatch && file.facts_from == "stat" {
+                event.source_stat_ns = Some(crate::clock::boot_now_ns());
+            }
         }
         if let Some(resolved) = event.oldpath.resolved.as_deref() {
             event.oldpath.canonical = self.canonical(event, resolved, follow);
@@ -312,31 +323,90 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
 
 /// Runs the stage: takes record batches from capture, enriches events
 /// (context records pass as they are: they are lean by design), hands each
-/// batch to detection. Returns what it could not hand on.
+/// batch to detection. An event whose `inode_mismatch` may yet be explained
+/// by a rename further down the stream is held, with everything behind it,
+/// until its verdict is in (see `hold`). Returns what it could not hand on.
 pub fn spawn(
-    mut rx: mpsc::Receiver<Records>,
+    rx: mpsc::Receiver<Records>,
     tx: mpsc::Sender<Records>,
 ) -> std::io::Result<std::thread::JoinHandle<Undelivered>> {
+    // A timer for the receive while an event is held: the only async use
+    // on this thread, so a runtime of its own with the timer alone.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
     std::thread::Builder::new()
         .name("link-trace-enrich".into())
-        .spawn(move || {
-            let mut enricher = Enricher::new();
-            let mut undelivered = Undelivered::default();
-            while let Some(mut records) = rx.blocking_recv() {
+        .spawn(move || run(rx, tx, &timer, Enricher::new()))
+}
+
+/// What the stage's receive gave.
+enum Received {
+    Batch(Records),
+    /// A held event's deadline passed with nothing new.
+    TimedOut,
+    Closed,
+}
+
+fn receive(
+    rx: &mut mpsc::Receiver<Records>,
+    timer: &tokio::runtime::Runtime,
+    deadline: Option<Instant>,
+) -> Received {
+    let received = match deadline {
+        // The common path: nothing held, wait as long as it takes.
+        None => rx.blocking_recv(),
+        Some(deadline) => {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            // The timeout is built inside the runtime: its timer needs it.
+            match timer.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await }) {
+                Ok(received) => received,
+                Err(_) => return Received::TimedOut,
+            }
+        }
+    };
+    received.map_or(Received::Closed, Received::Batch)
+}
+
+fn run(
+    mut rx: mpsc::Receiver<Records>,
+    tx: mpsc::Sender<Records>,
+    timer: &tokio::runtime::Runtime,
+    mut enricher: Enricher,
+) -> Undelivered {
+    let mut hold = hold::Hold::default();
+    let mut undelivered = Undelivered::default();
+    loop {
+        let (ready, closed) = match receive(&mut rx, timer, hold.deadline()) {
+            Received::Batch(mut records) => {
                 for record in &mut records {
                     if let Record::Event(event) = record {
                         enricher.enrich(event);
                     }
                 }
-                if let Err(refused) = tx.blocking_send(records) {
-                    undelivered.count_all(&refused.0);
-                    // Detection is gone: count everything still queued, then stop.
-                    undelivered.add(close_and_count(&mut rx));
-                    break;
-                }
+                let now = Instant::now();
+                let mut ready = hold.push_batch(records, now);
+                ready.extend(hold.expire(now));
+                (ready, false)
             }
-            undelivered
-        })
+            Received::TimedOut => (hold.expire(Instant::now()), false),
+            // Nothing more will come: every held event goes on unexplained.
+            Received::Closed => (hold.flush(), true),
+        };
+        if !ready.is_empty()
+            && let Err(refused) = tx.blocking_send(ready)
+        {
+            undelivered.count_all(&refused.0);
+            // Detection is gone: count everything held or still queued, then stop.
+            undelivered.count_all(&hold.flush());
+            undelivered.add(close_and_count(&mut rx));
+            break;
+        }
+        if closed {
+            break;
+        }
+    }
+    undelivered
 }
 
 #[cfg(test)]
@@ -394,6 +464,73 @@ mod tests {
                 "{resolved}"
             );
         }
+    }
+
+    /// The real stage, with files whose stat shows a mismatch: held until
+    /// the deadline on an idle stream, explained at once by the caller's
+    /// rename onto the source, and flushed in order when the input closes.
+    #[test]
+    fn the_stage_holds_a_mismatch_for_its_verdict_and_loses_nothing_at_close() {
+        let dir = std::env::temp_dir().join(format!("link-trace-hold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (source, new_name) = (dir.join("f"), dir.join("f.bak"));
+        std::fs::write(&source, b"new version").unwrap();
+        std::fs::write(&new_name, b"old version").unwrap();
+        let bytes = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        let link = |seq: u64| {
+            let mut e = crate::event::sample_event(Some(b"f"), Some(b"f.bak"), 0);
+            e.seq = seq;
+            e.boot_ns = crate::clock::boot_now_ns() - 2_000_000;
+            e.oldpath.resolved = Some(bytes(&source));
+            e.newpath.resolved = Some(bytes(&new_name));
+            Record::Event(Box::new(e))
+        };
+        let event = |record: &Record| match record {
+            Record::Event(e) => (
+                e.seq,
+                e.inode_mismatch,
+                e.inode_mismatch_explained_by.clone(),
+            ),
+            _ => panic!("not an event: {record:?}"),
+        };
+        let (in_tx, in_rx) = crate::pipeline::channel();
+        let (out_tx, mut out_rx) = crate::pipeline::channel();
+        let stage = spawn(in_rx, out_tx).unwrap();
+
+        let sent = Instant::now();
+        in_tx.blocking_send(vec![link(1)]).unwrap();
+        let out = out_rx.blocking_recv().unwrap();
+        let waited = sent.elapsed();
+        assert_eq!(out.len(), 1);
+        assert_eq!(event(&out[0]), (1, Some(true), None));
+        assert!(waited >= hold::DEADLINE, "released after {waited:?}");
+
+        let mut rename = crate::event::sample_event(Some(b"f.new"), Some(b"f"), 0);
+        rename.syscall = "rename";
+        rename.seq = 5;
+        rename.boot_ns = crate::clock::boot_now_ns() - 1_000_000;
+        rename.newpath.resolved = Some(bytes(&source));
+        let rename = Record::Context(Box::new(crate::event::ContextEvent(rename)));
+        in_tx.blocking_send(vec![link(2), rename]).unwrap();
+        let out = out_rx.blocking_recv().unwrap();
+        assert_eq!(out.len(), 2);
+        let (seq, mismatch, why) = event(&out[0]);
+        assert_eq!((seq, mismatch), (2, Some(true)));
+        assert_eq!(why.map(|w| (w.seq, w.pid)), Some((5, 7)));
+
+        let mut plain = crate::event::sample_event(Some(b"a"), Some(b"b"), -2);
+        plain.seq = 4;
+        in_tx
+            .blocking_send(vec![link(3), Record::Event(Box::new(plain))])
+            .unwrap();
+        drop(in_tx);
+        let mut seqs = Vec::new();
+        while let Some(out) = out_rx.blocking_recv() {
+            seqs.extend(out.iter().map(|r| event(r).0));
+        }
+        assert_eq!(seqs, [3, 4]);
+        assert_eq!(stage.join().unwrap(), Undelivered::default());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -217,6 +217,68 @@ pub struct LinkEvent {
     /// The new name's inode is not the observed source's; null when
     /// either is unknown.
     pub inode_mismatch: Option<bool>,
+    /// The rename that explains `inode_mismatch`: the caller's own process
+    /// put another file at the source path after the call and before the
+    /// daemon's stat (see `enrich::hold`); null otherwise.
+    pub inode_mismatch_explained_by: Option<MismatchExplanation>,
+    /// CLOCK_BOOTTIME right after the daemon's stat of the source, set only
+    /// where that stat found a mismatch: a rename that began later cannot
+    /// have caused it. Internal: the verdict waits for it.
+    #[serde(skip)]
+    pub source_stat_ns: Option<u64>,
+}
+
+/// A rename (context record) that explains an event's `inode_mismatch`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MismatchExplanation {
+    /// The context record's `seq`.
+    pub seq: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub syscall: &'static str,
+    pub boot_ns: u64,
+    pub oldpath_resolved: Option<Vec<u8>>,
+    pub newpath_resolved: Option<Vec<u8>>,
+}
+
+impl MismatchExplanation {
+    /// What a rename context record says about itself.
+    pub fn of(rename: &LinkEvent) -> Self {
+        Self {
+            seq: rename.seq,
+            pid: rename.pid,
+            tid: rename.tid,
+            syscall: rename.syscall,
+            boot_ns: rename.boot_ns,
+            oldpath_resolved: rename.oldpath.resolved.clone(),
+            newpath_resolved: rename.newpath.resolved.clone(),
+        }
+    }
+}
+
+impl Serialize for MismatchExplanation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("pid", &self.pid)?;
+        map.serialize_entry("tid", &self.tid)?;
+        map.serialize_entry("syscall", self.syscall)?;
+        map.serialize_entry("boot_ns", &self.boot_ns)?;
+        serialize_bytes(
+            &mut map,
+            "oldpath_resolved",
+            "oldpath_resolved_b64",
+            self.oldpath_resolved.as_deref(),
+        )?;
+        serialize_bytes(
+            &mut map,
+            "newpath_resolved",
+            "newpath_resolved_b64",
+            self.newpath_resolved.as_deref(),
+        )?;
+        map.end()
+    }
 }
 
 /// The caller, from its task_struct at syscall exit (kernel), plus what the
@@ -604,6 +666,8 @@ impl LinkEvent {
             file_error: None,
             new_file: None,
             inode_mismatch: None,
+            inode_mismatch_explained_by: None,
+            source_stat_ns: None,
         }
     }
 
@@ -712,6 +776,11 @@ impl LinkEvent {
     /// Whether the call takes a new name (link and rename; unlink does not).
     pub fn has_newpath(&self) -> bool {
         !matches!(self.syscall, "unlink" | "unlinkat")
+    }
+
+    /// Syscall exit, CLOCK_BOOTTIME nanoseconds.
+    pub fn exit_ns(&self) -> u64 {
+        self.boot_ns.saturating_add(self.duration_ns)
     }
 }
 

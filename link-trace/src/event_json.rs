@@ -13,7 +13,7 @@
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 
-use crate::event::{FileInfo, LinkEvent, PathField, PathPrefix};
+use crate::event::{FileInfo, LinkEvent, MismatchExplanation, PathField, PathPrefix};
 
 /// Appends `e` as `{"kind":"event",...}` (no newline).
 pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
@@ -108,6 +108,37 @@ pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
         Some(b) => boolean(out, b),
         None => null(out),
     }
+    key(out, b"inode_mismatch_explained_by");
+    match &e.inode_mismatch_explained_by {
+        Some(why) => explanation(out, why),
+        None => null(out),
+    }
+    out.push(b'}');
+}
+
+fn explanation(out: &mut Vec<u8>, why: &MismatchExplanation) {
+    out.extend_from_slice(b"{\"seq\":");
+    uint(out, why.seq);
+    key(out, b"pid");
+    uint(out, u64::from(why.pid));
+    key(out, b"tid");
+    uint(out, u64::from(why.tid));
+    key(out, b"syscall");
+    string(out, why.syscall);
+    key(out, b"boot_ns");
+    uint(out, why.boot_ns);
+    bytes_field(
+        out,
+        "oldpath_resolved",
+        "oldpath_resolved_b64",
+        why.oldpath_resolved.as_deref(),
+    );
+    bytes_field(
+        out,
+        "newpath_resolved",
+        "newpath_resolved_b64",
+        why.newpath_resolved.as_deref(),
+    );
     out.push(b'}');
 }
 
@@ -379,6 +410,15 @@ mod tests {
         e.file_error = maybe(rng, |r| Cow::Owned(text(r)));
         e.new_file = maybe(rng, file_info);
         e.inode_mismatch = maybe(rng, |r| r.bool());
+        e.inode_mismatch_explained_by = maybe(rng, |r| MismatchExplanation {
+            seq: r.u64(..),
+            pid: r.u32(..),
+            tid: r.u32(..),
+            syscall: ["rename", "renameat", "renameat2"][r.usize(..3)],
+            boot_ns: r.u64(..),
+            oldpath_resolved: maybe(r, hostile_bytes),
+            newpath_resolved: maybe(r, hostile_bytes),
+        });
         e
     }
 

@@ -18,7 +18,9 @@ use serde_json::Value;
 
 use crate::{
     detect::{DetectSummary, Detector},
-    event::{ContextEvent, FileInfo, LinkEvent, PathField, ProcessInfo, Record},
+    event::{
+        ContextEvent, FileInfo, LinkEvent, MismatchExplanation, PathField, ProcessInfo, Record,
+    },
     output::{Format, render},
     resolve,
 };
@@ -246,7 +248,34 @@ fn call_from_json(
         file_error: opt_cow(v, "file_error")?,
         new_file: file_of(v, "new_file")?,
         inode_mismatch: opt(v, "inode_mismatch", Value::as_bool)?,
+        inode_mismatch_explained_by: explanation_of(v)?,
+        source_stat_ns: None,
     })
+}
+
+/// The rename that explained a mismatch; absent in older recordings.
+fn explanation_of(v: &Value) -> Result<Option<MismatchExplanation>> {
+    const NAME: &str = "inode_mismatch_explained_by";
+    let Some(why) = v.get(NAME).filter(|w| !w.is_null()) else {
+        return Ok(None);
+    };
+    let syscall = known(
+        NAME,
+        str_of(why, "syscall")?,
+        SyscallId::ALL
+            .into_iter()
+            .filter(|id| id.is_context() && id.has_new_path())
+            .map(SyscallId::name),
+    )?;
+    Ok(Some(MismatchExplanation {
+        seq: u64_of(why, "seq")?,
+        pid: u32_of(why, "pid")?,
+        tid: u32_of(why, "tid")?,
+        syscall,
+        boot_ns: u64_of(why, "boot_ns")?,
+        oldpath_resolved: bytes_of(why, "oldpath_resolved", "oldpath_resolved_b64")?,
+        newpath_resolved: bytes_of(why, "newpath_resolved", "newpath_resolved_b64")?,
+    }))
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {

@@ -22,7 +22,10 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::event::{AlertRecord, FileInfo, LinkEvent, LossRecord, PathField, Record, StatsRecord};
+use crate::event::{
+    AlertRecord, FileInfo, LinkEvent, LossRecord, MismatchExplanation, PathField, Record,
+    StatsRecord,
+};
 
 /// What the tracer calls itself in documents (ECS `agent.type`, OCSF
 /// `metadata.product.name`).
@@ -302,6 +305,9 @@ struct LinkExtras<'a> {
     args_changed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     inode_mismatch: Option<bool>,
+    /// The caller's own rename that explains `inode_mismatch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inode_mismatch_explained_by: Option<&'a MismatchExplanation>,
     oldpath: PathExtras<'a>,
     newpath: PathExtras<'a>,
     /// The source file's facts (native `file`).
@@ -407,6 +413,7 @@ impl<'a> LinkExtras<'a> {
             errno: e.errno.as_deref(),
             args_changed: e.args_changed,
             inode_mismatch: e.inode_mismatch,
+            inode_mismatch_explained_by: e.inode_mismatch_explained_by.as_ref(),
             oldpath: PathExtras::new(e.olddirfd, &e.oldpath),
             newpath: PathExtras::new(e.newdirfd, &e.newpath),
             file: e.file.as_ref(),

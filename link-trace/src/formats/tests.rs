@@ -370,6 +370,43 @@ fn ecs_failure_has_error_and_no_facts_for_the_name_not_made() {
     assert_eq!(doc["link_trace"]["file_error"], "no_argument");
 }
 
+/// The rename that explains a mismatch rides along in both formats'
+/// link-trace extras; without one, the field is left out.
+#[test]
+fn an_explained_mismatch_keeps_its_rename_in_ecs_and_ocsf() {
+    let mut e = full_event();
+    e.inode_mismatch = Some(true);
+    e.inode_mismatch_explained_by = Some(crate::event::MismatchExplanation {
+        seq: 12,
+        pid: 7,
+        tid: 8,
+        syscall: "rename",
+        boot_ns: 5,
+        oldpath_resolved: Some(b"/tmp/lt/a.new".to_vec()),
+        newpath_resolved: Some(b"/tmp/lt/a".to_vec()),
+    });
+    let want = json!({
+        "seq": 12, "pid": 7, "tid": 8, "syscall": "rename", "boot_ns": 5,
+        "oldpath_resolved": "/tmp/lt/a.new", "newpath_resolved": "/tmp/lt/a",
+    });
+    let record = event(e);
+    assert_eq!(
+        ecs_doc(&record)["link_trace"]["inode_mismatch_explained_by"],
+        want
+    );
+    assert_eq!(
+        ocsf_doc(&record)["unmapped"]["link_trace"]["inode_mismatch_explained_by"],
+        want
+    );
+    assert_eq!(ecs_doc(&record)["link_trace"]["inode_mismatch"], true);
+    let plain = ecs_doc(&event(full_event()));
+    assert!(
+        plain["link_trace"]
+            .get("inode_mismatch_explained_by")
+            .is_none()
+    );
+}
+
 #[test]
 fn ecs_alert_fields() {
     let doc = ecs_doc(&Record::Alert(Box::new(alert())));

@@ -39,7 +39,18 @@ fn events_survive_the_round_trip_exactly() {
     let mut with_new = rich.clone();
     with_new.new_file = with_new.file.clone();
     with_new.inode_mismatch = Some(false);
-    for event in [hostile, rich, with_new] {
+    let mut explained = with_new.clone();
+    explained.inode_mismatch = Some(true);
+    explained.inode_mismatch_explained_by = Some(crate::event::MismatchExplanation {
+        seq: 12,
+        pid: 4,
+        tid: 5,
+        syscall: "renameat2",
+        boot_ns: 99,
+        oldpath_resolved: Some(b"/etc/\xfenew".to_vec()),
+        newpath_resolved: Some(b"/etc/shadow".to_vec()),
+    });
+    for event in [hostile, rich, with_new, explained] {
         let json: Value = serde_json::to_value(Record::Event(Box::new(event.clone()))).unwrap();
         let back = event_from_json(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
         assert_eq!(back, event);
@@ -58,6 +69,7 @@ fn older_recordings_without_context_fields_still_replay() {
         "file",
         "new_file",
         "inode_mismatch",
+        "inode_mismatch_explained_by",
     ] {
         old.remove(key);
     }

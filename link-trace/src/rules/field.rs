@@ -127,6 +127,10 @@ pub enum Field {
     File(bool, FileAttr),
     FileError,
     InodeMismatch,
+    /// `inode_mismatch_explained_by.seq`: the explaining rename's `seq`.
+    ExplainedBySeq,
+    /// `inode_mismatch_explained_by.pid`: its caller's tgid.
+    ExplainedByPid,
 }
 
 const PATH_ATTRS: [(&str, PathAttr); 10] = [
@@ -156,7 +160,7 @@ const FILE_ATTRS: [(&str, FileAttr); 11] = [
     ("nlink", FileAttr::Nlink),
 ];
 
-const SCALARS: [(&str, Field); 35] = [
+const SCALARS: [(&str, Field); 37] = [
     ("seq", Field::Seq),
     ("time", Field::Time),
     ("boot_ns", Field::BootNs),
@@ -192,6 +196,8 @@ const SCALARS: [(&str, Field); 35] = [
     ("pid_ns", Field::PidNs),
     ("file_error", Field::FileError),
     ("inode_mismatch", Field::InodeMismatch),
+    ("inode_mismatch_explained_by.seq", Field::ExplainedBySeq),
+    ("inode_mismatch_explained_by.pid", Field::ExplainedByPid),
 ];
 
 impl Field {
@@ -236,7 +242,7 @@ impl Field {
         match self {
             Seq | BootNs | DurationNs | OldDirfd | NewDirfd | Flags | Ret | Pid | Tid | Uid
             | Gid | Ppid | Euid | Egid | Fsuid | Fsgid | Auid | SessionId | CgroupId | MntNs
-            | PidNs => Kind::Int,
+            | PidNs | ExplainedBySeq | ExplainedByPid => Kind::Int,
             Success | ArgsChanged | InodeMismatch => Kind::Bool,
             FlagNames => Kind::List,
             Time | Syscall | Errno | Result | TargetResolved | Comm | Exe | CgroupPath
@@ -326,6 +332,14 @@ impl Field {
             }
             FileError => text_value(e.file_error.as_deref()),
             InodeMismatch => e.inode_mismatch.map_or(Value::Null, Value::Bool),
+            ExplainedBySeq => e
+                .inode_mismatch_explained_by
+                .as_ref()
+                .map_or(Value::Null, |why| int(why.seq)),
+            ExplainedByPid => e
+                .inode_mismatch_explained_by
+                .as_ref()
+                .map_or(Value::Null, |why| int(u64::from(why.pid))),
         }
     }
 }

@@ -241,6 +241,39 @@ fn toctou_evidence() {
     assert!(raised(same).is_empty());
 }
 
+/// The caller's own rename onto the source explains a mismatch; the rules
+/// on the linked file's owner and mode still read the new name, which the
+/// rename did not touch.
+#[test]
+fn an_explained_mismatch_raises_nothing_but_the_linked_inode_still_counts() {
+    let explain = |mut ev: Ev| {
+        ev.0.inode_mismatch = Some(true);
+        ev.0.inode_mismatch_explained_by = Some(crate::event::MismatchExplanation {
+            seq: 9,
+            pid: ev.0.pid,
+            tid: ev.0.tid,
+            syscall: "rename",
+            boot_ns: ev.0.boot_ns + 1,
+            oldpath_resolved: Some(b"/home/alice/f.new".to_vec()),
+            newpath_resolved: ev.0.oldpath.resolved.clone(),
+        });
+        ev
+    };
+    let backup = Ev::new(1, "/home/alice/f", "/home/alice/f.bak");
+    let mut backup = explain(backup);
+    backup.0.new_file = backup.0.file.clone();
+    assert!(raised(backup).is_empty());
+    // Alice linked root's setuid binary through /tmp/x, then renamed her
+    // own file onto /tmp/x: the source's stat sees her file, the new name
+    // is the binary.
+    let mut hidden = explain(Ev::new(2, "/tmp/x", "/tmp/y"));
+    hidden.0.new_file = Some(FileInfo::new("stat", "8:1".into(), 77, 0o104755, 0, 0, 2));
+    assert_eq!(
+        raised(hidden),
+        ["foreign-file-link", "setuid-link-world-writable"]
+    );
+}
+
 #[test]
 fn descriptors_materialized() {
     let empty = Ev::new(1, "/tmp/#1234 (deleted)", "/tmp/now-visible").flags(0x1000);

@@ -725,6 +725,117 @@ fn one_user_writing_a_temporary_then_linking_and_renaming_raises_nothing() {
     }
 }
 
+/// Checks that a link event's mismatch, if any, is explained by this
+/// process's rename onto its source, printed in the same run.
+fn expect_explained_if_mismatched(run: &Run, event: &Value) -> bool {
+    if event["inode_mismatch"] != true {
+        assert_eq!(
+            event["inode_mismatch_explained_by"],
+            Value::Null,
+            "{event:#}"
+        );
+        return false;
+    }
+    let why = &event["inode_mismatch_explained_by"];
+    expect_fields(
+        why,
+        &[
+            ("pid", std::process::id().into()),
+            ("tid", gettid().into()),
+            ("syscall", "rename".into()),
+            ("newpath_resolved", event["oldpath_resolved"].clone()),
+        ],
+    );
+    let renames: Vec<&Value> = context_records(run)
+        .filter(|r| r["seq"] == why["seq"])
+        .collect();
+    assert_eq!(
+        renames.len(),
+        1,
+        "the explaining rename is in the stream: {why:#}"
+    );
+    for field in [
+        "boot_ns",
+        "oldpath_resolved",
+        "newpath_resolved",
+        "pid",
+        "tid",
+    ] {
+        assert_eq!(renames[0][field], why[field], "{field} of {why:#}");
+    }
+    true
+}
+
+/// dpkg's way of replacing a file, over and over: back it up with a link,
+/// rename the new version onto it. When the daemon's stat of the source
+/// lands after the rename, the source is the new version and the backup
+/// the old one: a mismatch, which the caller's own rename explains. 200
+/// rounds as they come, then 20 with the tracer stopped (SIGSTOP) until
+/// they are done, so that every stat lands after its rename: no alert at
+/// all, and every mismatch carries its explanation.
+#[test]
+fn backing_up_with_a_link_then_renaming_the_new_version_in_place_raises_nothing() {
+    if !privileged("backing_up_with_a_link_then_renaming_the_new_version_in_place_raises_nothing") {
+        return;
+    }
+    const FREE: usize = 200;
+    const STOPPED: usize = 20;
+    let dir = TestDir::new("/tmp", "ctx-backup-rename");
+    let files: Vec<(PathBuf, PathBuf, PathBuf)> = (0..FREE + STOPPED)
+        .map(|i| {
+            (
+                dir.file(&format!("conf-{i}")),
+                dir.file(&format!("conf-{i}.dpkg-new")),
+                dir.join(&format!("conf-{i}.dpkg-old")),
+            )
+        })
+        .collect();
+    let replace = |(conf, new, old): &(PathBuf, PathBuf, PathBuf)| {
+        linkat(AT_FDCWD, conf, AT_FDCWD, old, 0).expect("backup link");
+        sys_rename(new, conf).expect("new version in place");
+    };
+
+    let tracer = Tracer::start(&["--pid", &my_pid(), "--context-events"]);
+    files[..FREE].iter().for_each(replace);
+    tracer.signal(libc::SIGSTOP);
+    files[FREE..].iter().for_each(replace);
+    tracer.signal(libc::SIGCONT);
+    let run = tracer.stop();
+    run.assert_clean_exit();
+
+    let mut mismatched = 0;
+    for (i, (conf, _, old)) in files.iter().enumerate() {
+        let event = run.event_for(old);
+        expect_fields(
+            event,
+            &[
+                ("success", true.into()),
+                ("oldpath_resolved", s(conf).into()),
+            ],
+        );
+        let mismatch = expect_explained_if_mismatched(&run, event);
+        assert!(
+            mismatch || i < FREE,
+            "stopped until the rename was done, the stat must see it: {event:#}"
+        );
+        mismatched += usize::from(mismatch);
+        assert_eq!(run.alerts_of(event), Vec::<&Value>::new(), "for {event:#}");
+    }
+    eprintln!(
+        "backup link + rename: {} of {FREE} free-running rounds showed an explained mismatch",
+        mismatched - STOPPED
+    );
+    let mine: Vec<&Value> = run
+        .alerts()
+        .filter(|a| {
+            ["oldpath_resolved", "newpath_resolved"]
+                .iter()
+                .any(|f| a[*f].as_str().is_some_and(|p| p.starts_with(s(&dir.path))))
+        })
+        .collect();
+    assert_eq!(mine, Vec::<&Value>::new());
+}
+
 const UNLINKAT_RULE: &str = r#"
 [[rule]]
 id = "ctx-hup"

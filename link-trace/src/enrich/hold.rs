@@ -1,0 +1,203 @@
+//! The verdict on an `inode_mismatch`: explained, or not.
+//!
+//! The daemon stats the link's source some time after the call. When the
+//! caller's own process renamed another file onto the source in between
+//! (`link(f, f.bak)` then `rename(f.new, f)`: dpkg, editors, `install`
+//! scripts), the stat sees the new file and the new name the old one: a
+//! mismatch with nothing behind it but that rename. The rename's context
+//! record comes later in the stream than the link event, sometimes only
+//! after the stat, so the event that shows a mismatch is held here, with
+//! every record behind it (the output keeps the stream order), until:
+//!
+//! * a successful rename by the same process (tgid) onto the link's
+//!   resolved source path, entered after the link's exit and before the
+//!   stat, is seen: the event gets `inode_mismatch_explained_by`;
+//! * or a record that left the kernel more than `MARGIN_NS` after the stat
+//!   is seen: a rename that could have explained it would have been
+//!   submitted before that one (the ring keeps submission order; the margin
+//!   covers a rename preempted between its effect and its record);
+//! * or `DEADLINE` passes: on a quiet stream the rename's record may wait
+//!   in the ring for the daemon's periodic drain (`DRAIN_INTERVAL_MS`);
+//! * or more than `MAX_HELD` records pile up behind it (a flood), or the
+//!   input closes.
+//!
+//! Only the first gives a verdict of "explained"; the others leave the
+//! mismatch unexplained, so the rule still fires. A rename by any other
+//! process never explains one: that is the swap the rule exists for.
+//!
+//! Events without a mismatch cost one branch here, and pass at once
+//! unless an earlier event is held.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use link_trace_common::DRAIN_INTERVAL_MS;
+
+use crate::{
+    event::{LinkEvent, MismatchExplanation, Record},
+    pipeline::Records,
+};
+
+/// How far past the stat a record's exit must be to close the wait.
+pub const MARGIN_NS: u64 = 5_000_000;
+
+/// The longest an event waits for its verdict: one periodic drain of the
+/// ring plus room for a busy machine.
+pub const DEADLINE: Duration = Duration::from_millis(DRAIN_INTERVAL_MS + 15);
+
+/// Records held behind a waiting event before it goes on unexplained: as
+/// many as one stage queue holds, so a flood cannot grow memory past what
+/// the pipeline already budgets.
+pub const MAX_HELD: usize = 1024;
+
+/// A held event that waits for its verdict.
+struct Waiting {
+    /// Its position in the stream of held records (see `Hold::front_pos`).
+    pos: u64,
+    stat_ns: u64,
+    deadline: Instant,
+}
+
+/// The records held back, in stream order, and the events among them that
+/// wait for a verdict, oldest first.
+#[derive(Default)]
+pub struct Hold {
+    held: VecDeque<Record>,
+    /// Stream position of `held[0]`: records ever pushed minus those held.
+    front_pos: u64,
+    waiting: VecDeque<Waiting>,
+}
+
+/// The event that waits for a verdict, if `record` is one.
+fn needs_verdict(record: &Record) -> Option<u64> {
+    match record {
+        Record::Event(e) if e.inode_mismatch_explained_by.is_none() => e.source_stat_ns,
+        _ => None,
+    }
+}
+
+/// When the record left the kernel; None for the daemon's own records.
+fn kernel_exit_ns(record: &Record) -> Option<u64> {
+    match record {
+        Record::Event(e) => Some(e.exit_ns()),
+        Record::Context(c) => Some(c.0.exit_ns()),
+        _ => None,
+    }
+}
+
+/// Whether `rename` explains the mismatch `link`'s stat at `stat_ns` saw.
+fn explains(link: &LinkEvent, stat_ns: u64, rename: &LinkEvent) -> bool {
+    matches!(rename.syscall, "rename" | "renameat" | "renameat2")
+        && rename.success
+        && rename.pid == link.pid
+        && link.oldpath.resolved.is_some()
+        && rename.newpath.resolved == link.oldpath.resolved
+        && rename.boot_ns >= link.exit_ns()
+        && rename.boot_ns <= stat_ns
+}
+
+impl Hold {
+    /// When the oldest waiting event goes on unexplained; None when nothing
+    /// waits.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.waiting.front().map(|w| w.deadline)
+    }
+
+    /// Takes an enriched batch; returns what may go on now, in order.
+    pub fn push_batch(&mut self, mut records: Records, now: Instant) -> Records {
+        if self.held.is_empty() {
+            // The common path: nothing held, and no mismatch in the batch.
+            let Some(first) = records.iter().position(|r| needs_verdict(r).is_some()) else {
+                return records;
+            };
+            let rest = records.split_off(first);
+            for record in rest {
+                self.push(record, now);
+            }
+            records.extend(self.release());
+            return records;
+        }
+        for record in records {
+            self.push(record, now);
+        }
+        self.release()
+    }
+
+    fn push(&mut self, record: Record, now: Instant) {
+        if let Record::Context(rename) = &record {
+            self.try_explain(&rename.0);
+        }
+        if let Some(exit_ns) = kernel_exit_ns(&record) {
+            // Stat times grow along the stream: the decided ones are the oldest.
+            while self
+                .waiting
+                .front()
+                .is_some_and(|w| exit_ns > w.stat_ns.saturating_add(MARGIN_NS))
+            {
+                self.waiting.pop_front();
+            }
+        }
+        if let Some(stat_ns) = needs_verdict(&record) {
+            self.waiting.push_back(Waiting {
+                pos: self.front_pos + self.held.len() as u64,
+                stat_ns,
+                deadline: now + DEADLINE,
+            });
+        }
+        self.held.push_back(record);
+        if self.held.len() > MAX_HELD {
+            self.waiting.pop_front();
+        }
+    }
+
+    /// Gives the first waiting event that `rename` explains its
+    /// explanation, and ends its wait.
+    fn try_explain(&mut self, rename: &LinkEvent) {
+        let front_pos = self.front_pos;
+        let Some(index) = self.waiting.iter().position(|w| {
+            let held = self.held.get((w.pos - front_pos) as usize);
+            matches!(held, Some(Record::Event(link)) if explains(link, w.stat_ns, rename))
+        }) else {
+            return;
+        };
+        let Some(w) = self.waiting.remove(index) else {
+            return;
+        };
+        if let Some(Record::Event(link)) = self.held.get_mut((w.pos - front_pos) as usize) {
+            link.inode_mismatch_explained_by = Some(MismatchExplanation::of(rename));
+        }
+    }
+
+    /// The held records before the oldest waiting event.
+    fn release(&mut self) -> Records {
+        let until = self
+            .waiting
+            .front()
+            .map_or(self.held.len(), |w| (w.pos - self.front_pos) as usize);
+        self.front_pos += until as u64;
+        self.held.drain(..until).collect()
+    }
+
+    /// Ends the wait of every event whose deadline has passed; returns what
+    /// may go on now.
+    pub fn expire(&mut self, now: Instant) -> Records {
+        if self.held.is_empty() {
+            return Records::new();
+        }
+        while self.waiting.front().is_some_and(|w| w.deadline <= now) {
+            self.waiting.pop_front();
+        }
+        self.release()
+    }
+
+    /// Everything held, in order; the waiting events go on unexplained.
+    pub fn flush(&mut self) -> Records {
+        self.waiting.clear();
+        self.release()
+    }
+}
+
+#[cfg(test)]
+mod tests;
