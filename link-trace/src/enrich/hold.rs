@@ -47,9 +47,9 @@ pub const MARGIN_NS: u64 = 5_000_000;
 /// ring plus room for a busy machine.
 pub const DEADLINE: Duration = Duration::from_millis(DRAIN_INTERVAL_MS + 15);
 
-/// Records held behind a waiting event before it goes on unexplained: as
-/// many as one stage queue holds, so a flood cannot grow memory past what
-/// the pipeline already budgets.
+/// Records held behind a waiting event before it goes on unexplained: two
+/// stage queues' worth (`pipeline::STAGE_QUEUE_BATCHES` of `MAX_BATCH`), so
+/// a flood cannot grow memory much past what the pipeline already budgets.
 pub const MAX_HELD: usize = 1024;
 
 /// A held event that waits for its verdict.
