@@ -5,13 +5,7 @@
 //! no loss of any kind: an in-flight slot must never be lost to another
 //! task's (eviction of the in-flight map under churn).
 
-use std::{
-    collections::HashSet,
-    ffi::CString,
-    path::Path,
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{collections::HashSet, ffi::CString, path::Path, thread::JoinHandle, time::Duration};
 
 use crate::harness::{Run, TestDir, Tracer, cstr, privileged};
 
@@ -236,7 +230,12 @@ impl BlockedLink {
                 0,
             );
             assert_ne!(page, libc::MAP_FAILED, "mmap");
-            let mut register = [page as u64, page_size as u64, UFFDIO_REGISTER_MODE_MISSING, 0];
+            let mut register = [
+                page as u64,
+                page_size as u64,
+                UFFDIO_REGISTER_MODE_MISSING,
+                0,
+            ];
             assert_eq!(
                 libc::ioctl(fd, UFFDIO_REGISTER as _, register.as_mut_ptr()),
                 0,
@@ -282,7 +281,12 @@ impl BlockedLink {
         let mut message = [0u8; 32];
         // SAFETY: reads one uffd_msg (32 bytes) into a buffer of that size.
         let read = unsafe { libc::read(uffd.as_raw_fd(), message.as_mut_ptr().cast(), 32) };
-        assert_eq!(read, 32, "uffd message: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            read,
+            32,
+            "uffd message: {}",
+            std::io::Error::last_os_error()
+        );
         assert_eq!(message[0], UFFD_EVENT_PAGEFAULT, "a page fault message");
         BlockedLink {
             uffd,
@@ -301,7 +305,8 @@ impl BlockedLink {
         contents[..bytes.len()].copy_from_slice(bytes);
         let mut copy = [self.page as u64, contents.as_ptr() as u64, 4096, 0, 0];
         // SAFETY: copies our buffer into the registered page.
-        let ret = unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY as _, copy.as_mut_ptr()) };
+        let ret =
+            unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_COPY as _, copy.as_mut_ptr()) };
         assert_eq!(ret, 0, "UFFDIO_COPY: {}", std::io::Error::last_os_error());
         let (tid, result) = self.thread.join().expect("held thread");
         result.unwrap_or_else(|e| panic!("{e}"));
