@@ -104,6 +104,102 @@ fn process_churn_loses_no_call() {
     check_every_call_delivered(&run, &dir.path, PROCESSES, held_tid);
 }
 
+/// A call that began before the tracer attached has no entry to pair with:
+/// its exit is counted as exit_without_enter, not reported as an event, and
+/// freeing slots at thread exit does not change that.
+#[test]
+fn a_call_in_flight_at_attach_is_counted_as_exit_without_enter() {
+    if !privileged("a_call_in_flight_at_attach_is_counted_as_exit_without_enter") {
+        return;
+    }
+    const COMM: &str = "lt-pre-attach";
+    let dir = TestDir::new("/tmp", "before-attach");
+    let blocked = BlockedLink::start(COMM, &dir.file("src"), &dir.join("held"));
+    let tracer = Tracer::start(&["--comm", COMM]);
+    let held_tid = blocked.finish();
+    let run = tracer.stop();
+    run.assert_clean_exit();
+    assert_eq!(
+        run.events().filter(|e| e["tid"] == held_tid).count(),
+        0,
+        "a call whose entry was not seen has no event"
+    );
+    let stats = run
+        .records
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "stats")
+        .expect("a final stats record");
+    let lost: Vec<(String, u64)> = stats["losses"]
+        .as_array()
+        .expect("loss counts")
+        .iter()
+        .filter(|l| l["total"] != 0)
+        .map(|l| {
+            (
+                l["reason"].as_str().unwrap_or("?").to_owned(),
+                l["total"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(lost, [("exit_without_enter".to_owned(), 1)], "{stats:#}");
+}
+
+/// A call is held in flight while LIVE threads each make a call and stay
+/// alive (holding their slots) and 2000 more come and go: with ~1000 live
+/// calling threads the in-flight map must evict nothing, not even the
+/// held call's slot, the least recently used.
+#[test]
+fn live_threads_keep_their_slots_through_churn() {
+    if !privileged("live_threads_keep_their_slots_through_churn") {
+        return;
+    }
+    const LIVE: usize = 1000;
+    const CHURN: usize = 2000;
+    const COMM: &str = "lt-churn-live";
+    let dir = TestDir::new("/tmp", "churn-live");
+    let src = dir.file("src");
+    let tracer = Tracer::start(&["--comm", COMM, "--context-events"]);
+    let (called, release) = (
+        std::sync::Barrier::new(LIVE + 1),
+        std::sync::Barrier::new(LIVE + 1),
+    );
+    // Held first, so its slot is the least recently used of all.
+    let blocked = BlockedLink::start(COMM, &src, &dir.join("held"));
+    let held_tid = std::thread::scope(|scope| {
+        for i in 0..LIVE {
+            let (old, new) = (cstr(&src), cstr(&dir.join(&format!("n{i}"))));
+            let (called, release) = (&called, &release);
+            std::thread::Builder::new()
+                .name(COMM.into())
+                .stack_size(64 * 1024)
+                .spawn_scoped(scope, move || {
+                    let result = link_and_unlink(&old, &new);
+                    called.wait();
+                    release.wait();
+                    result.unwrap_or_else(|e| panic!("live thread {i}: {e}"));
+                })
+                .expect("spawn a live thread");
+        }
+        called.wait();
+        for i in LIVE..LIVE + CHURN {
+            let (old, new) = (cstr(&src), cstr(&dir.join(&format!("n{i}"))));
+            std::thread::Builder::new()
+                .name(COMM.into())
+                .spawn(move || link_and_unlink(&old, &new))
+                .expect("spawn a churn thread")
+                .join()
+                .expect("churn thread")
+                .unwrap_or_else(|e| panic!("thread {i}: {e}"));
+        }
+        let held_tid = blocked.finish();
+        release.wait();
+        held_tid
+    });
+    let run = tracer.stop();
+    check_every_call_delivered(&run, &dir.path, LIVE + CHURN, held_tid);
+}
+
 fn link_and_unlink(src: &CString, new: &CString) -> Result<(), String> {
     // SAFETY: valid NUL-terminated strings for the duration of the calls.
     let linked = unsafe {
