@@ -11,7 +11,7 @@ use crate::harness::{Run, TestDir, Tracer, cstr, privileged};
 
 /// Tasks started in all, and how many run at once.
 const THREADS: usize = 4000;
-const PROCESSES: usize = 2000;
+const PROCESSES: usize = 3000;
 const AT_ONCE: usize = 8;
 
 #[test]
