@@ -5,7 +5,7 @@
 //! no loss of any kind: an in-flight slot must never be lost to another
 //! task's (eviction of the in-flight map under churn).
 
-use std::{collections::HashSet, ffi::CString, path::Path, thread::JoinHandle, time::Duration};
+use std::{collections::HashSet, ffi::CString, path::Path, thread::JoinHandle};
 
 use crate::harness::{Run, TestDir, Tracer, cstr, privileged};
 
