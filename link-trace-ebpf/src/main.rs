@@ -14,9 +14,12 @@ mod context;
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::generated::{
-        bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user_str,
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+            bpf_probe_read_user_str,
+        },
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -26,10 +29,11 @@ use aya_log_ebpf::warn;
 use link_trace_common::{
     AT_FDCWD, CONTEXT_HEADER_OFFSET, CONTEXT_HEADER_SIZE, CONTEXT_SEG_COUNT, CONTEXT_STATS,
     CTX_CREDS, ContextRecordHeader, DEFAULT_RING_BYTES, EXE_CACHE_ENTRIES, ExeCacheEntry,
-    FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID, MAX_INFLIGHT, OutRecord,
-    PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED, PathArg, PendingCall,
-    RECORD_CONTEXT, RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS, SEG_NEW_RAW, SEG_OLD_RAW,
-    STATS_ENTRIES, Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS, WAKEUP_BYTES, WALK_CAP,
+    FILTER_COMM, FILTER_MAX_ENTRIES, FILTER_TGID, FILTER_UID, INFLIGHT_RELEASE_FAILED,
+    MAX_INFLIGHT, OutRecord, PATH_KEEP_MAX, PATH_READ_FAILED, PATH_READ_MAX, PATH_TRUNCATED,
+    PathArg, PendingCall, RECORD_CONTEXT, RECORD_HEADER_SIZE, RECORD_LINK, RESOLVE_NO_OFFSETS,
+    SEG_NEW_RAW, SEG_OLD_RAW, STATS_ENTRIES, Stat, SyscallId, TASK_COMM_LEN, WAKEUP_AFTER_NS,
+    WAKEUP_BYTES, WALK_CAP,
 };
 
 const OUT_RECORD_SIZE: usize = core::mem::size_of::<OutRecord>();
@@ -49,6 +53,10 @@ static FILTER_FLAGS: Global<u32> = Global::new(0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+/// One slot per live thread that made a traced call, freed when the thread
+/// exits (`task_exit`), so it holds live threads only. Still an LRU: should
+/// more live threads call than it has slots, the idle slots of threads that
+/// called long ago make room, rather than every newcomer being refused.
 #[map]
 static INFLIGHT: LruHashMap<u64, PendingCall> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 /// An idle PendingCall (all zero) that new INFLIGHT slots are copied from:
@@ -142,6 +150,53 @@ pub fn link_exit(ctx: TracePointContext) -> u32 {
         Ok(()) => {}
     }
     0
+}
+
+/// sched:sched_process_exit, run by every exiting task, thread or process,
+/// in its own context: frees its in-flight slot. Without it the slots of
+/// dead threads filled the map, and under thread churn the LRU took slots
+/// of calls between entry and exit.
+#[tracepoint]
+pub fn task_exit(_ctx: TracePointContext) -> u32 {
+    release_slot(bpf_get_current_pid_tgid());
+    0
+}
+
+// sched:sched_process_exec's record (see its `format` file): pid, and the
+// old_pid the task had before the exec (both as the initial namespace sees
+// them).
+const EXEC_PID: usize = 12;
+const EXEC_OLD_PID: usize = 16;
+
+/// sched:sched_process_exec: a thread other than the leader that execs
+/// takes the leader's thread id, so its slot under the old id would never
+/// be freed by task_exit; free it now. (The leader's own slot went when the
+/// leader exited, before the exec took its id.)
+#[tracepoint]
+pub fn task_exec(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
+    let (pid, old_pid) = unsafe {
+        (
+            ctx_field::<u32>(&ctx, EXEC_PID),
+            ctx_field::<u32>(&ctx, EXEC_OLD_PID),
+        )
+    };
+    if pid != old_pid {
+        let tgid = bpf_get_current_pid_tgid() >> 32;
+        release_slot(tgid << 32 | u64::from(old_pid));
+    }
+    0
+}
+
+#[inline(always)]
+fn release_slot(pid_tgid: u64) {
+    // Most tasks never made a traced call: ENOENT is the common case.
+    const ENOENT: i32 = 2;
+    if let Err(err) = INFLIGHT.remove(pid_tgid)
+        && err != -ENOENT
+    {
+        count_at(INFLIGHT_RELEASE_FAILED);
+    }
 }
 
 #[inline(always)]

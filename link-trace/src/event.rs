@@ -165,6 +165,10 @@ pub struct StatsRecord {
     pub context_decoded: u64,
     #[serde(default)]
     pub context_losses: Vec<LossCount>,
+    /// In-flight slots an exiting thread failed to free (not a loss: the
+    /// LRU reclaims them); absent in recordings of older versions.
+    #[serde(default)]
+    pub inflight_release_failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -42,6 +42,14 @@ const ATTACHMENTS: [(&str, &[&str]); 3] = [
     ("link_exit", &["sys_exit_link", "sys_exit_linkat"]),
 ];
 
+/// (program, tracepoint in the `sched` category): free a thread's in-flight
+/// slot when it exits, and the slot under its old id when an exec gives a
+/// thread its leader's id.
+const SLOT_RELEASE: [(&str, &str); 2] = [
+    ("task_exit", "sched_process_exit"),
+    ("task_exec", "sched_process_exec"),
+];
+
 /// The context syscalls: (syscall, entry program, entry and exit tracepoint).
 /// Their exits go to the link exit program, already loaded. Loaded and
 /// attached on demand (`ContextProbes::attach`), so a run that needs none
@@ -250,6 +258,10 @@ pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
     let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
     let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
 
+    // Before the entries: every slot an entry makes is then freed at exit.
+    for (program, tracepoint) in SLOT_RELEASE {
+        attach_in(&mut ebpf, "sched", program, &[tracepoint], true)?;
+    }
     for (program, tracepoints) in ATTACHMENTS {
         attach_program(&mut ebpf, program, tracepoints, true)?;
     }
@@ -269,6 +281,17 @@ fn attach_program(
     tracepoints: &[&str],
     load: bool,
 ) -> Result<(), LoadError> {
+    attach_in(ebpf, "syscalls", program, tracepoints, load)
+}
+
+/// As `attach_program`, for tracepoints of `category`.
+fn attach_in(
+    ebpf: &mut Ebpf,
+    category: &str,
+    program: &str,
+    tracepoints: &[&str],
+    load: bool,
+) -> Result<(), LoadError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| LoadError::Load(format!("program {program} missing from the object")))?
@@ -279,8 +302,8 @@ fn attach_program(
             .map_err(|e| LoadError::Load(format!("{program}: {}", crate::error_chain(&e))))?;
     }
     for tracepoint in tracepoints {
-        prog.attach("syscalls", tracepoint).map_err(|e| {
-            setup_err(format!("attach syscalls:{tracepoint}"))(crate::error_chain(&e))
+        prog.attach(category, tracepoint).map_err(|e| {
+            setup_err(format!("attach {category}:{tracepoint}"))(crate::error_chain(&e))
         })?;
     }
     Ok(())

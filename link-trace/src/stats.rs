@@ -1,7 +1,7 @@
 //! Kernel-side counters and the `loss` records derived from them.
 
 use aya::maps::{MapData, PerCpuArray};
-use link_trace_common::{CONTEXT_STATS, STATS_ENTRIES, Stat};
+use link_trace_common::{CONTEXT_STATS, INFLIGHT_RELEASE_FAILED, STATS_ENTRIES, Stat};
 
 use crate::{
     clock::WallClock,
@@ -102,6 +102,7 @@ pub fn stats_record(
         context_submitted: totals[index(RecordKind::Context, Stat::Submitted)],
         context_decoded: decoded.context,
         context_losses: losses(RecordKind::Context),
+        inflight_release_failed: totals[INFLIGHT_RELEASE_FAILED as usize],
         sinks,
     }
 }
@@ -262,5 +263,22 @@ mod tests {
         assert_eq!((record.context_submitted, record.context_decoded), (7, 7));
         let lost = |losses: &[LossCount]| losses.iter().map(|l| l.total).sum::<u64>();
         assert_eq!((lost(&record.losses), lost(&record.context_losses)), (1, 4));
+    }
+
+    #[test]
+    fn failed_slot_frees_are_reported_and_are_not_losses() {
+        let clock = WallClock::with_offset(0);
+        let mut cpu0 = [0u64; STATS_ENTRIES as usize];
+        let mut cpu1 = [0u64; STATS_ENTRIES as usize];
+        cpu0[INFLIGHT_RELEASE_FAILED as usize] = 2;
+        cpu1[INFLIGHT_RELEASE_FAILED as usize] = 1;
+        let stats = KernelStats {
+            per_cpu: vec![cpu0, cpu1],
+        };
+        let mut tracker = LossTracker::default();
+        assert!(tracker.records(&stats, 0, &clock).is_empty());
+        let record = stats_record(&stats, Decoded::default(), 0, Vec::new(), &clock);
+        assert_eq!(record.inflight_release_failed, 3);
+        assert!(record.losses.iter().all(|l| l.total == 0));
     }
 }

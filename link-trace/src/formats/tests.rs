@@ -151,6 +151,7 @@ fn stats() -> StatsRecord {
         context_submitted: 4,
         context_decoded: 4,
         context_losses: vec![],
+        inflight_release_failed: 0,
         sinks: vec![crate::sink::SinkReport {
             name: "file:/var/log/link-trace/events.jsonl".into(),
             queue_capacity: 4096,

@@ -8,6 +8,7 @@ mod context_syscalls;
 mod doctor;
 mod formats;
 mod harness;
+mod inflight;
 mod metrics;
 mod privileges;
 mod rules;

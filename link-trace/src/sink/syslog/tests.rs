@@ -161,6 +161,7 @@ fn loss_and_stats_records_have_their_own_msgid_and_severity() {
         context_submitted: 0,
         context_decoded: 0,
         context_losses: vec![],
+        inflight_release_failed: 0,
         sinks: vec![],
     }));
     let (_, parsed) = round_trip(&mut f, &stats);
