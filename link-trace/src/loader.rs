@@ -259,8 +259,15 @@ pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
     let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
 
     // Before the entries: every slot an entry makes is then freed at exit.
+    // Only a safeguard: without it, tracing still works and an evicted
+    // call is still counted, so a kernel that refuses it gets a warning.
     for (program, tracepoint) in SLOT_RELEASE {
-        attach_in(&mut ebpf, "sched", program, &[tracepoint], true)?;
+        if let Err(e) = attach_in(&mut ebpf, "sched", program, &[tracepoint], true) {
+            eprintln!(
+                "link-trace: warning: in-flight slots are not freed at {tracepoint} ({e}); \
+                 under heavy thread churn a call can be lost (counted as exit_without_enter)"
+            );
+        }
     }
     for (program, tracepoints) in ATTACHMENTS {
         attach_program(&mut ebpf, program, tracepoints, true)?;
