@@ -164,6 +164,11 @@ fn required_tests(condition: &Condition) -> Option<u128> {
 }
 
 impl Screens {
+    /// The slot of `field`'s screen (`Facts::screened`), if it has one.
+    pub fn slot(&self, field: Field) -> Option<usize> {
+        self.fields.iter().position(|(f, _)| *f == field)
+    }
+
     /// Gives the glob tests of `rules` (condition, then `then`) their
     /// screen bits, in rule order, and builds a screen per field over
     /// their patterns.
@@ -292,6 +297,21 @@ impl<'e, 's> Facts<'e, 's> {
         Some(self.screened[slot] & (1 << bit) != 0)
     }
 
+    pub fn event(&self) -> &'e LinkEvent {
+        self.event
+    }
+
+    /// Whether the event is a context record (for a `Getter`).
+    pub fn context(&self) -> bool {
+        self.context
+    }
+
+    /// The glob tests the value of the field in screen slot `slot` may
+    /// match (`Screens::slot`).
+    pub fn screened(&self, slot: usize) -> u128 {
+        self.screened[slot]
+    }
+
     /// False when rule number `rule`'s condition cannot hold: none of the
     /// glob tests it needs one of may match.
     pub fn may_hold(&self, rule: usize) -> bool {
@@ -300,7 +320,7 @@ impl<'e, 's> Facts<'e, 's> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         event::{AlertRecord, FileInfo, PathField},
@@ -312,8 +332,9 @@ mod tests {
         Engine::new(RuleSet::builtin().expect("built-in rules compile"))
     }
 
-    /// The same rules with every glob test checking its own patterns, as
-    /// `Condition::matches` does.
+    /// The same rules walked by `Condition::eval` (not compiled), with
+    /// every glob test checking its own patterns, as `Condition::matches`
+    /// does.
     fn plain() -> Engine {
         let mut engine = screened();
         for rule in &mut engine.rules {
@@ -327,6 +348,7 @@ mod tests {
             }
         }
         engine.screens = Screens::default();
+        engine.reference = true;
         engine
     }
 
@@ -382,7 +404,7 @@ mod tests {
 
     /// A random event, hostile bytes included: any syscall, path (or
     /// none), caller, result, flags, file facts and canonical path.
-    fn random_event(rng: &mut fastrand::Rng, seq: u64) -> LinkEvent {
+    pub(crate) fn random_event(rng: &mut fastrand::Rng, seq: u64) -> LinkEvent {
         let path = |rng: &mut fastrand::Rng| -> Vec<u8> {
             let mut p = rng.choice(PATHS).unwrap_or(&"/").as_bytes().to_vec();
             match rng.u8(0..10) {
