@@ -325,6 +325,12 @@ impl GlobLiterals {
         &self.head
     }
 
+    /// What every match ends with (empty for an exact pattern, whose
+    /// `head` is all of it).
+    pub fn tail(&self) -> &[u8] {
+        &self.tail
+    }
+
     /// False when `value` cannot match the pattern.
     pub fn may_match(&self, value: &[u8]) -> bool {
         // Most values differ from most patterns within the first bytes of
