@@ -188,10 +188,26 @@ fn needs_escape(bytes: &[u8]) -> bool {
             return true;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .fold(false, |any, &b| any | flag(b))
+    let rest = chunks.remainder();
+    // The rest (most short strings are nothing but): two overlapping
+    // words when there are 8 bytes or more, instead of a byte loop.
+    match (rest.first_chunk::<8>(), rest.last_chunk::<8>()) {
+        (Some(first), Some(last)) => word_needs_escape(*first) | word_needs_escape(*last),
+        _ => rest.iter().fold(false, |any, &b| any | flag(b)),
+    }
+}
+
+/// Whether one of 8 bytes is a control character, `"` or `\`: the
+/// classic exact SWAR tests for a byte below 0x20 and for a zero byte
+/// (after xor with the byte looked for).
+fn word_needs_escape(bytes: [u8; 8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let x = u64::from_ne_bytes(bytes);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+    below(x, 0x20)
+        | below(x ^ (ONES * u64::from(b'"')), 1)
+        | below(x ^ (ONES * u64::from(b'\\')), 1)
 }
 
 /// A JSON string, escaped exactly as serde_json does.
@@ -447,6 +463,20 @@ mod tests {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = bad;
                     assert!(needs_escape(&bytes), "len {len} at {at} byte {bad}");
+                }
+            }
+        }
+        // Every byte value at every position, among fillers that make
+        // borrows across bytes (0x00 aside, which is escaped itself).
+        for len in 1..34 {
+            for filler in [b'a', 0xff, 0x80, 0x20, 0x21, 0x5d] {
+                for at in 0..len {
+                    for byte in 0..=255u8 {
+                        let mut bytes = vec![filler; len];
+                        bytes[at] = byte;
+                        let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                        assert_eq!(needs_escape(&bytes), expected, "{bytes:?}");
+                    }
                 }
             }
         }
