@@ -142,22 +142,11 @@ fn uint(out: &mut Vec<u8>, value: u64) {
         out.push(b'0' + value as u8);
         return;
     }
-    short(out, itoa::Buffer::new().format(value).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn int(out: &mut Vec<u8>, value: i64) {
-    short(out, itoa::Buffer::new().format(value).as_bytes());
-}
-
-/// Appends the few bytes of a number byte by byte: for those, a call to
-/// memcpy (its dispatch on the length) costs more than the loop; the
-/// pipeline bench spends ~9% of its time in memcpy.
-#[inline(always)]
-fn short(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.reserve(bytes.len());
-    for &b in bytes {
-        out.push(b);
-    }
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn opt_uint(out: &mut Vec<u8>, value: Option<u32>) {
