@@ -15,29 +15,37 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 
 use crate::event::{FileInfo, LinkEvent, MismatchExplanation, PathField, PathPrefix};
 
+/// `,"name":` for a literal name, copied in one piece of known length
+/// (inlined, no call to memcpy).
+macro_rules! key {
+    ($out:expr, $name:literal) => {
+        $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
+    };
+}
+
 /// Appends `e` as `{"kind":"event",...}` (no newline).
 pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"kind\":\"event\",\"schema_version\":");
     uint(out, u64::from(e.schema_version));
-    key(out, b"seq");
+    key!(out, "seq");
     uint(out, e.seq);
-    key(out, b"time");
+    key!(out, "time");
     string(out, &e.time);
-    key(out, b"boot_ns");
+    key!(out, "boot_ns");
     uint(out, e.boot_ns);
-    key(out, b"duration_ns");
+    key!(out, "duration_ns");
     uint(out, e.duration_ns);
-    key(out, b"syscall");
+    key!(out, "syscall");
     string(out, e.syscall);
-    key(out, b"olddirfd");
+    key!(out, "olddirfd");
     int(out, i64::from(e.olddirfd));
     path(out, &e.oldpath);
-    key(out, b"newdirfd");
+    key!(out, "newdirfd");
     int(out, i64::from(e.newdirfd));
     path(out, &e.newpath);
-    key(out, b"flags");
+    key!(out, "flags");
     uint(out, u64::from(e.flags));
-    key(out, b"flag_names");
+    key!(out, "flag_names");
     out.push(b'[');
     for (index, name) in e.flag_names.iter().enumerate() {
         if index > 0 {
@@ -46,64 +54,66 @@ pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
         string(out, name);
     }
     out.push(b']');
-    key(out, b"ret");
+    key!(out, "ret");
     int(out, e.ret);
-    key(out, b"success");
+    key!(out, "success");
     boolean(out, e.success);
-    key(out, b"errno");
+    key!(out, "errno");
     opt_string(out, e.errno.as_deref());
-    key(out, b"pid");
+    key!(out, "pid");
     uint(out, u64::from(e.pid));
-    key(out, b"tid");
+    key!(out, "tid");
     uint(out, u64::from(e.tid));
-    key(out, b"uid");
+    key!(out, "uid");
     uint(out, u64::from(e.uid));
-    key(out, b"gid");
+    key!(out, "gid");
     uint(out, u64::from(e.gid));
-    key(out, b"comm");
+    key!(out, "comm");
     string(out, &e.comm);
     if let Some(b64) = &e.comm_b64 {
-        key(out, b"comm_b64");
+        key!(out, "comm_b64");
         string(out, b64);
     }
-    key(out, b"args_changed");
+    key!(out, "args_changed");
     boolean(out, e.args_changed);
     let p = &e.process;
-    for (name, value) in [
-        (&b"ppid"[..], p.ppid),
-        (b"euid", p.euid),
-        (b"egid", p.egid),
-        (b"fsuid", p.fsuid),
-        (b"fsgid", p.fsgid),
-        (b"auid", p.auid),
-        (b"sessionid", p.sessionid),
-    ] {
-        key(out, name);
-        opt_uint(out, value);
-    }
-    key(out, b"exe");
+    key!(out, "ppid");
+    opt_uint(out, p.ppid);
+    key!(out, "euid");
+    opt_uint(out, p.euid);
+    key!(out, "egid");
+    opt_uint(out, p.egid);
+    key!(out, "fsuid");
+    opt_uint(out, p.fsuid);
+    key!(out, "fsgid");
+    opt_uint(out, p.fsgid);
+    key!(out, "auid");
+    opt_uint(out, p.auid);
+    key!(out, "sessionid");
+    opt_uint(out, p.sessionid);
+    key!(out, "exe");
     opt_string(out, p.exe.as_deref());
     if let Some(b64) = &p.exe_b64 {
-        key(out, b"exe_b64");
+        key!(out, "exe_b64");
         string(out, b64);
     }
-    key(out, b"cgroup_id");
+    key!(out, "cgroup_id");
     uint(out, p.cgroup_id);
-    key(out, b"cgroup_path");
+    key!(out, "cgroup_path");
     opt_string(out, p.cgroup_path.as_deref());
-    key(out, b"container_id");
+    key!(out, "container_id");
     opt_string(out, p.container_id.as_deref());
-    key(out, b"mnt_ns");
+    key!(out, "mnt_ns");
     opt_uint(out, p.mnt_ns);
-    key(out, b"pid_ns");
+    key!(out, "pid_ns");
     opt_uint(out, p.pid_ns);
-    key(out, b"file");
+    key!(out, "file");
     file(out, e.file.as_ref());
-    key(out, b"file_error");
+    key!(out, "file_error");
     opt_string(out, e.file_error.as_deref());
-    key(out, b"new_file");
+    key!(out, "new_file");
     file(out, e.new_file.as_ref());
-    key(out, b"inode_mismatch");
+    key!(out, "inode_mismatch");
     match e.inode_mismatch {
         Some(b) => boolean(out, b),
         None => null(out),
@@ -143,6 +153,7 @@ fn explanation(out: &mut Vec<u8>, why: &MismatchExplanation) {
 }
 
 /// `,"name":`
+#[inline(always)]
 fn key(out: &mut Vec<u8>, name: &[u8]) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name);
@@ -158,6 +169,10 @@ fn boolean(out: &mut Vec<u8>, value: bool) {
 }
 
 fn uint(out: &mut Vec<u8>, value: u64) {
+    if value < 10 {
+        out.push(b'0' + value as u8);
+        return;
+    }
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
@@ -193,10 +208,26 @@ fn needs_escape(bytes: &[u8]) -> bool {
             return true;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .fold(false, |any, &b| any | flag(b))
+    let rest = chunks.remainder();
+    // The rest (most short strings are nothing but): two overlapping
+    // words when there are 8 bytes or more, instead of a byte loop.
+    match (rest.first_chunk::<8>(), rest.last_chunk::<8>()) {
+        (Some(first), Some(last)) => word_needs_escape(*first) | word_needs_escape(*last),
+        _ => rest.iter().fold(false, |any, &b| any | flag(b)),
+    }
+}
+
+/// Whether one of 8 bytes is a control character, `"` or `\`: the
+/// classic exact SWAR tests for a byte below 0x20 and for a zero byte
+/// (after xor with the byte looked for).
+fn word_needs_escape(bytes: [u8; 8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let x = u64::from_ne_bytes(bytes);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
+    below(x, 0x20)
+        | below(x ^ (ONES * u64::from(b'"')), 1)
+        | below(x ^ (ONES * u64::from(b'\\')), 1)
 }
 
 /// A JSON string, escaped exactly as serde_json does.
@@ -262,25 +293,25 @@ fn file(out: &mut Vec<u8>, f: Option<&FileInfo>) {
     };
     out.extend_from_slice(b"{\"facts_from\":");
     string(out, f.facts_from);
-    key(out, b"dev");
+    key!(out, "dev");
     string(out, &f.dev);
-    key(out, b"ino");
+    key!(out, "ino");
     uint(out, f.ino);
-    key(out, b"type");
+    key!(out, "type");
     string(out, f.file_type);
-    key(out, b"mode");
+    key!(out, "mode");
     uint(out, u64::from(f.mode));
-    key(out, b"permissions");
+    key!(out, "permissions");
     string(out, &f.permissions);
-    key(out, b"setuid");
+    key!(out, "setuid");
     boolean(out, f.setuid);
-    key(out, b"setgid");
+    key!(out, "setgid");
     boolean(out, f.setgid);
-    key(out, b"uid");
+    key!(out, "uid");
     uint(out, u64::from(f.uid));
-    key(out, b"gid");
+    key!(out, "gid");
     uint(out, u64::from(f.gid));
-    key(out, b"nlink");
+    key!(out, "nlink");
     uint(out, u64::from(f.nlink));
     out.push(b'}');
 }
@@ -461,6 +492,20 @@ mod tests {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = bad;
                     assert!(needs_escape(&bytes), "len {len} at {at} byte {bad}");
+                }
+            }
+        }
+        // Every byte value at every position, among fillers that make
+        // borrows across bytes (0x00 aside, which is escaped itself).
+        for len in 1..34 {
+            for filler in [b'a', 0xff, 0x80, 0x20, 0x21, 0x5d] {
+                for at in 0..len {
+                    for byte in 0..=255u8 {
+                        let mut bytes = vec![filler; len];
+                        bytes[at] = byte;
+                        let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                        assert_eq!(needs_escape(&bytes), expected, "{bytes:?}");
+                    }
                 }
             }
         }

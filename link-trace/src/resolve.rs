@@ -115,6 +115,16 @@ fn is_clean(path: &[u8]) -> bool {
     if path.len() == 1 {
         return true;
     }
+    // Every unclean path has a trailing '/', "//" or "/.": without those
+    // (most paths) it is clean. The pairs are folded without an early exit
+    // so that the loop compiles to vector compares; a path with "/." (as
+    // "/.ssh") is looked at component by component below.
+    let suspect = path.iter().zip(&path[1..]).fold(false, |any, (&a, &b)| {
+        any | ((a == b'/') & ((b == b'/') | (b == b'.')))
+    });
+    if !suspect && path.last() != Some(&b'/') {
+        return true;
+    }
     (0..path.len()).filter(|&at| path[at] == b'/').all(|at| {
         // The component after this slash: empty, "." and ".." are unclean.
         !matches!(

@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::{
     field::{Field, Kind, Value},
-    screen::{Facts, prefix_key},
+    screen::{Facts, prefix_key, same_bytes},
 };
 
 /// A compile error at a byte range of the rule file.
@@ -325,6 +325,12 @@ impl GlobLiterals {
         &self.head
     }
 
+    /// What every match ends with (empty for an exact pattern, whose
+    /// `head` is all of it).
+    pub fn tail(&self) -> &[u8] {
+        &self.tail
+    }
+
     /// False when `value` cannot match the pattern.
     pub fn may_match(&self, value: &[u8]) -> bool {
         // Most values differ from most patterns within the first bytes of
@@ -343,16 +349,23 @@ impl GlobLiterals {
             return false;
         }
         if self.exact {
-            return value == head;
+            return same_bytes(value, head);
         }
-        if !value.starts_with(head) || !value.ends_with(tail) {
+        if !same_bytes(&value[..head.len()], head)
+            || !same_bytes(&value[value.len() - tail.len()..], tail)
+        {
             return false;
         }
         let mut rest = &value[self.head.len()..value.len() - self.tail.len()];
         for run in &self.middle {
             let needle = run.finder.needle();
             let at = if run.at_next_slash {
-                memchr::memchr(b'/', rest).filter(|&at| rest[at..].starts_with(needle))
+                // The next `/` is a path component away: a plain loop finds
+                // it sooner than a call to memchr.
+                rest.iter().position(|&b| b == b'/').filter(|&at| {
+                    rest.len() - at >= needle.len()
+                        && same_bytes(&rest[at..at + needle.len()], needle)
+                })
             } else {
                 run.finder.find(rest)
             };

@@ -200,6 +200,37 @@ const SCALARS: [(&str, Field); 37] = [
     ("inode_mismatch_explained_by.pid", Field::ExplainedByPid),
 ];
 
+/// Reads one field of an event (a context record when the flag says so):
+/// `Field::get_in` with the field fixed, so a compiled test reads its field
+/// without the match over all fields.
+pub type Getter = for<'e> fn(&'e LinkEvent, bool) -> Value<'e>;
+
+/// A `Getter` for the constant field `$field`.
+macro_rules! getter {
+    ($field:expr) => {{
+        fn get(e: &LinkEvent, context: bool) -> Value<'_> {
+            $field.value_in(e, context)
+        }
+        get as Getter
+    }};
+}
+
+/// `match $field` with an arm per field (scalars, then each path and file
+/// attribute on both sides), each arm the `getter!` of that field. The
+/// compiler checks the lists are complete: a field left out is a
+/// non-exhaustive match.
+macro_rules! getters {
+    ($field:expr; $($scalar:ident),*; paths: $($path:ident),*; files: $($file:ident),*) => {
+        match $field {
+            $(Field::$scalar => getter!(Field::$scalar),)*
+            $(Field::Path(Side::Old, PathAttr::$path) => getter!(Field::Path(Side::Old, PathAttr::$path)),)*
+            $(Field::Path(Side::New, PathAttr::$path) => getter!(Field::Path(Side::New, PathAttr::$path)),)*
+            $(Field::File(false, FileAttr::$file) => getter!(Field::File(false, FileAttr::$file)),)*
+            $(Field::File(true, FileAttr::$file) => getter!(Field::File(true, FileAttr::$file)),)*
+        }
+    };
+}
+
 impl Field {
     /// The field a rule names, or None.
     pub fn parse(name: &str) -> Option<Field> {
@@ -277,6 +308,28 @@ impl Field {
     /// string compare, and the rules read dozens of fields per event).
     #[inline]
     pub fn get_in(self, e: &LinkEvent, context: bool) -> Value<'_> {
+        self.value_in(e, context)
+    }
+
+    /// A function that reads this field, made for it (see `Getter`).
+    pub fn getter(self) -> Getter {
+        getters!(
+            self;
+            Seq, Time, BootNs, DurationNs, Syscall, OldDirfd, NewDirfd, Flags, FlagNames, Ret,
+            Success, Errno, Result, TargetResolved, Pid, Tid, Uid, Gid, Comm, ArgsChanged,
+            Ppid, Euid, Egid, Fsuid, Fsgid, Auid, SessionId, Exe, CgroupId, CgroupPath,
+            ContainerId, MntNs, PidNs, FileError, InodeMismatch;
+            paths: Path, Truncated, Error, Resolved, Resolution, ResolutionError, AtExit,
+            Canonical, Dir, Name;
+            files: FactsFrom, Dev, Ino, Type, Mode, Permissions, Setuid, Setgid, Uid, Gid,
+            Nlink
+        )
+    }
+
+    /// `get_in`'s body, inlined where the field is a constant (`getter`)
+    /// so that the match on it folds away.
+    #[inline(always)]
+    fn value_in(self, e: &LinkEvent, context: bool) -> Value<'_> {
         use Field::*;
         if context && self.absent_in_context(e) {
             return Value::Null;
@@ -492,6 +545,34 @@ mod tests {
         let get = |name: &str| Field::parse(name).unwrap().get(&link);
         assert_eq!(get("target_resolved"), Value::Str(b"/base/b"));
         assert_eq!(get("args_changed"), Value::Bool(false));
+    }
+
+    #[test]
+    fn every_getter_reads_its_own_field() {
+        let mut e = sample_event(Some(b"/etc/shadow"), Some(b"x"), -1);
+        e.oldpath.resolved = Some(b"/etc/shadow".to_vec());
+        e.process.fsuid = Some(1000);
+        e.file = Some(crate::event::FileInfo::new(
+            "stat",
+            "8:1".into(),
+            42,
+            0o104755,
+            3,
+            4,
+            2,
+        ));
+        let mut unlink = e.clone();
+        unlink.syscall = "unlinkat";
+        for name in Field::names() {
+            let field = Field::parse(&name).unwrap();
+            for (event, context) in [(&e, false), (&unlink, true)] {
+                assert_eq!(
+                    field.getter()(event, context),
+                    field.get_in(event, context),
+                    "{name}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! renameat2) only when it names them, and the daemon captures those only
 //! while a rule in force (or `--context-events`) asks for them.
 
+pub mod compiled;
 pub mod condition;
 pub mod field;
 pub mod screen;
@@ -582,6 +583,12 @@ pub struct Engine {
     states: Vec<WindowState>,
     /// The patterns of the rules' glob tests, screened once per event.
     screens: Screens,
+    /// Each rule's condition and `then`, compiled for evaluation.
+    compiled: Vec<(compiled::Test, Option<compiled::Test>)>,
+    /// Evaluate with `Condition::eval` instead (the reference the tests
+    /// compare the compiled conditions with).
+    #[cfg(test)]
+    reference: bool,
     pub alerts_raised: u64,
     /// Evictions of rules since replaced.
     evictions_before: u64,
@@ -592,9 +599,12 @@ impl Engine {
         let states = set.rules.iter().map(|_| WindowState::default()).collect();
         let screens = Screens::build(&mut set.rules);
         Self {
+            compiled: compile_rules(&set.rules, &screens),
             rules: set.rules,
             states,
             screens,
+            #[cfg(test)]
+            reference: false,
             alerts_raised: 0,
             evictions_before: 0,
         }
@@ -608,6 +618,7 @@ impl Engine {
     /// parameters are unchanged keeps its window state.
     pub fn replace(&mut self, mut set: RuleSet) {
         self.screens = Screens::build(&mut set.rules);
+        self.compiled = compile_rules(&set.rules, &self.screens);
         let mut old: Vec<(Rule, WindowState)> = std::mem::take(&mut self.rules)
             .into_iter()
             .zip(std::mem::take(&mut self.states))
@@ -640,18 +651,35 @@ impl Engine {
         let before = alerts.len();
         let syscall = SyscallSet::of_name(e.syscall);
         let mut facts = Facts::new(e, Some(&self.screens));
-        for (index, (rule, state)) in self.rules.iter().zip(self.states.iter_mut()).enumerate() {
+        #[cfg(test)]
+        let reference = self.reference;
+        #[cfg(not(test))]
+        let reference = false;
+        let judge = |compiled: &compiled::Test, written: &Condition, facts: &mut Facts| {
+            if reference {
+                written.eval(facts)
+            } else {
+                compiled(facts)
+            }
+        };
+        let rules = self.rules.iter().zip(&self.compiled);
+        for (index, ((rule, (condition, then)), state)) in
+            rules.zip(self.states.iter_mut()).enumerate()
+        {
             if !rule.syscalls.overlaps(syscall) {
                 continue;
             }
-            let holds = |facts: &mut Facts| facts.may_hold(index) && rule.condition.eval(facts);
+            let holds = |facts: &mut Facts| {
+                facts.may_hold(index) && judge(condition, &rule.condition, facts)
+            };
             let seqs = match &rule.window {
                 None => holds(&mut facts).then(|| vec![Cited::of(e)]),
                 Some(window) => {
                     let then = rule
                         .then
                         .as_ref()
-                        .filter(|then| then.eval(&mut facts))
+                        .zip(then.as_ref())
+                        .filter(|(written, then)| judge(then, written, &mut facts))
                         .and_then(|_| state.then(window, e));
                     then.or_else(|| {
                         holds(&mut facts)
@@ -666,6 +694,20 @@ impl Engine {
         }
         self.alerts_raised += (alerts.len() - before) as u64;
     }
+}
+
+/// Each rule's condition and `then`, compiled (after `Screens::build`).
+fn compile_rules(
+    rules: &[Rule],
+    screens: &Screens,
+) -> Vec<(compiled::Test, Option<compiled::Test>)> {
+    rules
+        .iter()
+        .map(|rule| {
+            let then = rule.then.as_ref().map(|t| compiled::compile(t, screens));
+            (compiled::compile(&rule.condition, screens), then)
+        })
+        .collect()
 }
 
 fn lossy(bytes: Option<&[u8]>) -> Option<String> {
