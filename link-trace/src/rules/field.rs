@@ -318,7 +318,7 @@ impl Field {
             Seq, Time, BootNs, DurationNs, Syscall, OldDirfd, NewDirfd, Flags, FlagNames, Ret,
             Success, Errno, Result, TargetResolved, Pid, Tid, Uid, Gid, Comm, ArgsChanged,
             Ppid, Euid, Egid, Fsuid, Fsgid, Auid, SessionId, Exe, CgroupId, CgroupPath,
-            ContainerId, MntNs, PidNs, FileError, InodeMismatch;
+            ContainerId, MntNs, PidNs, FileError, InodeMismatch, ExplainedBySeq, ExplainedByPid;
             paths: Path, Truncated, Error, Resolved, Resolution, ResolutionError, AtExit,
             Canonical, Dir, Name;
             files: FactsFrom, Dev, Ino, Type, Mode, Permissions, Setuid, Setgid, Uid, Gid,
