@@ -113,11 +113,7 @@ fn a_config_file_sets_filters_and_several_outputs() {
         2,
         "the alert reaches both outputs"
     );
-    let stats = run
-        .records
-        .iter()
-        .rfind(|r| r["kind"] == "stats")
-        .expect("a final stats record");
+    let stats = run.final_stats();
     let sinks = stats["sinks"].as_array().expect("sinks in stats");
     assert_eq!(sinks.len(), 2, "{sinks:?}");
     assert_eq!(sinks[0]["name"], "stdout");

@@ -350,12 +350,7 @@ fn unlink_and_rename_calls_are_reported_field_by_field_with_context_events() {
     assert!(dir_str.starts_with("/tmp/"));
 
     // The final stats account for them apart from the events.
-    let stats = run
-        .records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .expect("a final stats record");
+    let stats = run.final_stats();
     let captured = stats["context_decoded"].as_u64().unwrap();
     assert!(captured >= 9, "{stats:#}");
     assert_eq!(stats["context_submitted"].as_u64().unwrap(), captured);
@@ -393,12 +388,7 @@ fn context_records_stay_off_the_default_stream_and_uncaptured_when_no_rule_needs
     let run = tracer.stop();
     run.assert_clean_exit();
     assert_eq!(context_records(&run).count(), 0, "{:#?}", run.records);
-    let stats = run
-        .records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .unwrap();
+    let stats = run.final_stats();
     assert!(stats["context_decoded"].as_u64().unwrap() >= 2, "{stats:#}");
     assert!(
         run.stderr
@@ -421,12 +411,7 @@ fn context_records_stay_off_the_default_stream_and_uncaptured_when_no_rule_needs
     let run = tracer.stop();
     run.assert_clean_exit();
     assert_eq!(context_records(&run).count(), 0);
-    let stats = run
-        .records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .unwrap();
+    let stats = run.final_stats();
     assert_eq!(stats["context_submitted"], 0, "{stats:#}");
     assert!(
         run.stderr.iter().any(|l| l

@@ -251,6 +251,14 @@ impl Run {
             .collect()
     }
 
+    /// The stats record written at exit (the last one).
+    pub fn final_stats(&self) -> &Value {
+        self.records
+            .iter()
+            .rfind(|r| r["kind"] == "stats")
+            .unwrap_or_else(|| panic!("no stats record at exit; stderr: {:?}", self.stderr))
+    }
+
     pub fn assert_clean_exit(&self) {
         assert_eq!(
             self.exit_code,

@@ -7,7 +7,7 @@
 
 use std::{collections::HashSet, ffi::CString, path::Path, thread::JoinHandle};
 
-use crate::harness::{Run, TestDir, Tracer, cstr, privileged};
+use crate::harness::{Run, TestDir, Tracer, cstr, my_pid, privileged};
 
 /// Tasks started in all, and how many run at once.
 const THREADS: usize = 4000;
@@ -23,21 +23,14 @@ fn thread_churn_loses_no_call() {
     const COMM: &str = "lt-churn-thr";
     let dir = TestDir::new("/tmp", "churn-threads");
     let src = dir.file("src");
-    let tracer = Tracer::start(&["--comm", COMM, "--context-events"]);
+    let tracer = Tracer::start(&["--pid", &my_pid(), "--comm", COMM, "--context-events"]);
     let blocked = BlockedLink::start(COMM, &src, &dir.join("held"));
     std::thread::scope(|scope| {
         for spawner in 0..AT_ONCE {
             let (src, dir) = (&src, &dir);
             scope.spawn(move || {
                 for i in (spawner..THREADS).step_by(AT_ONCE) {
-                    let (old, new) = (cstr(src), cstr(&dir.join(&format!("n{i}"))));
-                    std::thread::Builder::new()
-                        .name(COMM.into())
-                        .spawn(move || link_and_unlink(&old, &new))
-                        .expect("spawn a churn thread")
-                        .join()
-                        .expect("churn thread")
-                        .unwrap_or_else(|e| panic!("thread {i}: {e}"));
+                    churn_thread(COMM, i, cstr(src), cstr(&dir.join(&format!("n{i}"))));
                 }
             });
         }
@@ -115,7 +108,7 @@ fn a_call_in_flight_at_attach_is_counted_as_exit_without_enter() {
     const COMM: &str = "lt-pre-attach";
     let dir = TestDir::new("/tmp", "before-attach");
     let blocked = BlockedLink::start(COMM, &dir.file("src"), &dir.join("held"));
-    let tracer = Tracer::start(&["--comm", COMM]);
+    let tracer = Tracer::start(&["--pid", &my_pid(), "--comm", COMM]);
     let held_tid = blocked.finish();
     let run = tracer.stop();
     run.assert_clean_exit();
@@ -124,12 +117,7 @@ fn a_call_in_flight_at_attach_is_counted_as_exit_without_enter() {
         0,
         "a call whose entry was not seen has no event"
     );
-    let stats = run
-        .records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .expect("a final stats record");
+    let stats = run.final_stats();
     let lost: Vec<(String, u64)> = stats["losses"]
         .as_array()
         .expect("loss counts")
@@ -159,7 +147,7 @@ fn live_threads_keep_their_slots_through_churn() {
     const COMM: &str = "lt-churn-live";
     let dir = TestDir::new("/tmp", "churn-live");
     let src = dir.file("src");
-    let tracer = Tracer::start(&["--comm", COMM, "--context-events"]);
+    let tracer = Tracer::start(&["--pid", &my_pid(), "--comm", COMM, "--context-events"]);
     let (called, release) = (
         std::sync::Barrier::new(LIVE + 1),
         std::sync::Barrier::new(LIVE + 1),
@@ -183,14 +171,7 @@ fn live_threads_keep_their_slots_through_churn() {
         }
         called.wait();
         for i in LIVE..LIVE + CHURN {
-            let (old, new) = (cstr(&src), cstr(&dir.join(&format!("n{i}"))));
-            std::thread::Builder::new()
-                .name(COMM.into())
-                .spawn(move || link_and_unlink(&old, &new))
-                .expect("spawn a churn thread")
-                .join()
-                .expect("churn thread")
-                .unwrap_or_else(|e| panic!("thread {i}: {e}"));
+            churn_thread(COMM, i, cstr(&src), cstr(&dir.join(&format!("n{i}"))));
         }
         let held_tid = blocked.finish();
         release.wait();
@@ -198,6 +179,18 @@ fn live_threads_keep_their_slots_through_churn() {
     });
     let run = tracer.stop();
     check_every_call_delivered(&run, &dir.path, LIVE + CHURN, held_tid);
+}
+
+/// One short-lived thread named `comm` that links `old` to `new` and
+/// unlinks `new`; waits for it.
+fn churn_thread(comm: &str, i: usize, old: CString, new: CString) {
+    std::thread::Builder::new()
+        .name(comm.into())
+        .spawn(move || link_and_unlink(&old, &new))
+        .expect("spawn a churn thread")
+        .join()
+        .expect("churn thread")
+        .unwrap_or_else(|e| panic!("thread {i}: {e}"));
 }
 
 fn link_and_unlink(src: &CString, new: &CString) -> Result<(), String> {
@@ -226,12 +219,7 @@ fn link_and_unlink(src: &CString, new: &CString) -> Result<(), String> {
 /// final stats count no loss at all.
 fn check_every_call_delivered(run: &Run, dir: &Path, tasks: usize, held_tid: u32) {
     run.assert_clean_exit();
-    let stats = run
-        .records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .expect("a final stats record");
+    let stats = run.final_stats();
     let lost: Vec<String> = ["losses", "context_losses"]
         .iter()
         .flat_map(|kind| {

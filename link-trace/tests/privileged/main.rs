@@ -787,12 +787,7 @@ fn tiny_ring_accounts_for_every_call_exactly() {
         delivered,
         "only this thread's calls pass the comm filter"
     );
-    let stats = run
-        .records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .expect("a final stats record");
+    let stats = run.final_stats();
     let lost: u64 = stats["losses"]
         .as_array()
         .unwrap()

@@ -101,14 +101,6 @@ fn expect_stat_facts(event: &Value, path: &Path) {
     }
 }
 
-fn final_stats(run: &Run) -> &Value {
-    run.records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .unwrap_or_else(|| panic!("no stats record at exit; stderr: {:?}", run.stderr))
-}
-
 #[test]
 fn after_attach_only_the_documented_capabilities_are_left_and_suffice() {
     if !privileged("after_attach_only_the_documented_capabilities_are_left_and_suffice") {
@@ -133,7 +125,7 @@ fn after_attach_only_the_documented_capabilities_are_left_and_suffice() {
         ],
     );
     // The per-CPU stats map is still read after the drop.
-    let stats = final_stats(&run);
+    let stats = run.final_stats();
     assert!(
         stats["kernel_submitted"].as_u64() >= Some(1),
         "stats at exit count the event: {stats}"
@@ -425,7 +417,7 @@ fn tracer_runs_with_only_the_units_capabilities_in_a_read_only_sandbox() {
         );
     }
     assert!(
-        final_stats(&run)["kernel_submitted"].as_u64() >= Some(2),
+        run.final_stats()["kernel_submitted"].as_u64() >= Some(2),
         "stats at exit"
     );
 }

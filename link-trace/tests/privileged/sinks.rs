@@ -139,16 +139,8 @@ fn subscriber_summary(run: &Run, name: &str) -> (u64, u64, u64, u64) {
     (numbers[0], numbers[1], numbers[2], numbers[3])
 }
 
-fn final_stats(run: &Run) -> &Value {
-    run.records
-        .iter()
-        .rev()
-        .find(|r| r["kind"] == "stats")
-        .expect("a final stats record")
-}
-
 fn kernel_lost(run: &Run) -> u64 {
-    final_stats(run)["losses"]
+    run.final_stats()["losses"]
         .as_array()
         .unwrap()
         .iter()
@@ -222,7 +214,7 @@ fn file_rotation_under_load_keeps_every_event_whole_and_once() {
     with_comm(comm, || links(&src, &dir.path, "l", CALLS));
     let run = tracer.stop();
     run.assert_clean_exit();
-    let decoded = final_stats(&run)["events_decoded"].as_u64().unwrap();
+    let decoded = run.final_stats()["events_decoded"].as_u64().unwrap();
     assert_eq!(
         decoded + kernel_lost(&run),
         CALLS as u64,
@@ -379,7 +371,7 @@ fn a_subscriber_that_stops_reading_is_dropped_and_counted_while_the_other_keeps_
     let run = tracer.stop();
     run.assert_clean_exit();
     let calls = (BURSTS * PER_BURST) as u64;
-    let decoded = final_stats(&run)["events_decoded"].as_u64().unwrap();
+    let decoded = run.final_stats()["events_decoded"].as_u64().unwrap();
     assert_eq!(decoded + kernel_lost(&run), calls);
 
     let name = format!("unix:{}", s(&socket));
@@ -498,7 +490,7 @@ fn a_full_disk_drops_and_counts_whole_records_and_the_file_output_comes_back() {
     with_comm(comm, || links(&src, &dir.path, "after", 200));
     let run = tracer.stop();
     run.assert_clean_exit();
-    let decoded = final_stats(&run)["events_decoded"].as_u64().unwrap();
+    let decoded = run.final_stats()["events_decoded"].as_u64().unwrap();
     assert_eq!(decoded + kernel_lost(&run), 1700);
 
     let records = file_records(&path);
@@ -604,7 +596,7 @@ fn sighup_adds_a_file_output_and_removes_the_socket_without_losing_events_on_the
     with_comm(comm, || links(&src, &dir.path, "after", 300));
     let run = tracer.stop();
     run.assert_clean_exit();
-    let decoded = final_stats(&run)["events_decoded"].as_u64().unwrap();
+    let decoded = run.final_stats()["events_decoded"].as_u64().unwrap();
     assert_eq!(
         decoded + kernel_lost(&run),
         600 + during_calls as u64,
