@@ -118,7 +118,7 @@ pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
         Some(b) => boolean(out, b),
         None => null(out),
     }
-    key(out, b"inode_mismatch_explained_by");
+    key!(out, "inode_mismatch_explained_by");
     match &e.inode_mismatch_explained_by {
         Some(why) => explanation(out, why),
         None => null(out),
@@ -129,13 +129,13 @@ pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
 fn explanation(out: &mut Vec<u8>, why: &MismatchExplanation) {
     out.extend_from_slice(b"{\"seq\":");
     uint(out, why.seq);
-    key(out, b"pid");
+    key!(out, "pid");
     uint(out, u64::from(why.pid));
-    key(out, b"tid");
+    key!(out, "tid");
     uint(out, u64::from(why.tid));
-    key(out, b"syscall");
+    key!(out, "syscall");
     string(out, why.syscall);
-    key(out, b"boot_ns");
+    key!(out, "boot_ns");
     uint(out, why.boot_ns);
     bytes_field(
         out,
