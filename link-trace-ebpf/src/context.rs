@@ -447,8 +447,6 @@ struct WalkState {
     mount: u64,
     dentry: u64,
     mnt_root: u64,
-    /// Bytes written so far; checked by the decoder, not here.
-    total: u64,
     /// WALK_RUNNING, WALK_DONE or a RESOLVE_* error.
     status: u64,
 }
@@ -476,6 +474,26 @@ fn walk_pos(walk: &Walk) -> u64 {
     unsafe { core::ptr::read_unaligned(walk.as_ptr().add(WALK_POS_AT).cast::<u64>()) }
 }
 
+/// The bytes the walk has written so far (checked by the decoder, not
+/// here), beside the position in map memory and for the same reason: on
+/// the stack, a range that grew by a name per pass kept bpf_loop's callback
+/// from converging (a 6.18 build verified link_exit in 93 K instructions
+/// with it there).
+const WALK_TOTAL_AT: usize = WALK_POS_AT - 8;
+const _: () = assert!(WALK_TOTAL_AT > WALK_END + NAME_MAX && WALK_TOTAL_AT >= PATH_READ_MAX);
+
+#[inline(always)]
+fn walk_total(walk: &Walk) -> u64 {
+    // SAFETY: WALK_TOTAL_AT + 8 < WALK_CAP; an unaligned read of a u64.
+    unsafe { core::ptr::read_unaligned(walk.as_ptr().add(WALK_TOTAL_AT).cast::<u64>()) }
+}
+
+#[inline(always)]
+fn set_walk_total(walk: &mut Walk, total: u64) {
+    // SAFETY: as in walk_total.
+    unsafe { core::ptr::write_unaligned(walk.as_mut_ptr().add(WALK_TOTAL_AT).cast::<u64>(), total) }
+}
+
 #[inline(always)]
 fn set_walk_pos(walk: &mut Walk, pos: u64) {
     // SAFETY: as in walk_pos.
@@ -491,12 +509,13 @@ fn walk_path(vfsmnt: u64, dentry: u64) -> Result<(usize, u16), u8> {
         mount: vfsmnt - off!(mount_mnt),
         dentry,
         mnt_root: ptr(vfsmnt + off!(vfsmount_mnt_root))?,
-        total: 0,
         status: WALK_RUNNING,
     };
     let walk = crate::WALK.get_ptr_mut(0).ok_or(RESOLVE_READ_FAILED)?;
     // SAFETY: this CPU's scratch slot.
     set_walk_pos(unsafe { &mut *walk }, WALK_END as u64);
+    // SAFETY: as above.
+    set_walk_total(unsafe { &mut *walk }, 0);
     // SAFETY: walk_step matches bpf_loop's callback contract and only
     // touches `state` through the pointer it is given.
     unsafe {
@@ -512,11 +531,12 @@ fn walk_path(vfsmnt: u64, dentry: u64) -> Result<(usize, u16), u8> {
             // SAFETY: this CPU's scratch slot.
             let walk = unsafe { &mut *walk };
             let mut pos = (walk_pos(walk) & 0xfff) as usize;
-            if state.total == 0 {
+            let total = walk_total(walk);
+            if total == 0 {
                 pos = WALK_END - 1;
                 walk[pos] = b'/';
             }
-            Ok((pos, (state.total.max(1)) as u16))
+            Ok((pos, total.max(1) as u16))
         }
         WALK_RUNNING => Err(RESOLVE_DEPTH_LIMIT),
         error => Err(error as u8),
@@ -608,7 +628,7 @@ fn step(state: &mut WalkState) -> Result<bool, u8> {
     }
     walk[(pos & 0xfff) as usize] = b'/';
     set_walk_pos(walk, pos);
-    state.total += len + 1;
+    set_walk_total(walk, walk_total(walk) + len + 1);
     state.dentry = parent;
     Ok(true)
 }
