@@ -15,7 +15,7 @@ use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_smp_processor_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
             bpf_probe_read_user_str,
@@ -400,7 +400,7 @@ fn read_path(dest: *mut u8, user_ptr: u64) -> PathArg {
 
 /// Err carries the loss and whether it is a context record's.
 fn try_exit(ctx: &TracePointContext) -> Result<(), (Stat, bool)> {
-    let (pid_tgid, uid_gid) = context::caller_ids();
+    let pid_tgid = context::caller_pid_tgid();
     let call = INFLIGHT.get_ptr_mut(pid_tgid).filter(|call| {
         // SAFETY: a map value of this thread's key, touched by this thread only.
         let record_type = unsafe { (**call).header.record_type };
@@ -408,7 +408,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), (Stat, bool)> {
     });
     let Some(call) = call else {
         // Only a caller we would have traced counts as a miss.
-        if !wanted((pid_tgid >> 32) as u32, uid_gid as u32) {
+        if !wanted((pid_tgid >> 32) as u32, bpf_get_current_uid_gid() as u32) {
             return Ok(());
         }
         // SAFETY: reads inside the tracepoint record, bounds checked by the helper.
