@@ -104,6 +104,26 @@ pub struct Tracer {
     pub context: ContextProbes,
 }
 
+impl Tracer {
+    /// Each loaded program's name and the instructions the kernel's
+    /// verifier processed to accept it (None where the kernel does not say,
+    /// before 5.16): what start-up time mostly goes to.
+    pub fn verified_instructions(&self) -> Vec<(String, Option<u32>)> {
+        let Some(ebpf) = &self.programs else {
+            return Vec::new();
+        };
+        let mut counts: Vec<(String, Option<u32>)> = ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_owned(), info.verified_instruction_count()))
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+}
+
 /// Which context syscalls (unlink, rename) are captured.
 #[derive(Debug, Default)]
 pub struct ContextProbes {

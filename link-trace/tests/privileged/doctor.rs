@@ -114,6 +114,29 @@ fn securityfs_lsms() -> Vec<String> {
 
 /// Compares doctor's fentry or BPF LSM finding with aya's probe of the same
 /// program type (on its own target function, with its own code).
+/// Instructions the verifier may process for link_exit. It took about 21 K
+/// on a 6.18 build; code that took 93 K and 549 K there (about 0.4 and 6 s
+/// of start-up) would pass the kernel's 1 M limit yet miss the 200 ms
+/// start-up target, so the budget is set well below those.
+const LINK_EXIT_VERIFY_BUDGET: u64 = 60_000;
+
+fn expect_verification_within_budget(programs: &Value) {
+    let counts = &programs["value"]["verified_insns"];
+    for program in ["link_exit", "linkat_enter", "link_enter"] {
+        assert!(
+            counts.get(program).is_some(),
+            "doctor lists no verified count for {program}: {programs:#}"
+        );
+    }
+    // Kernels before 5.16 do not report the count (null).
+    if let Some(link_exit) = counts["link_exit"].as_u64() {
+        assert!(
+            link_exit <= LINK_EXIT_VERIFY_BUDGET,
+            "link_exit took {link_exit} verified instructions, over the budget of {LINK_EXIT_VERIFY_BUDGET}: start-up time follows it: {programs:#}"
+        );
+    }
+}
+
 fn expect_hook_matches_aya(report: &Value, name: &str, program_type: ProgramType) {
     let found = check(report, name);
     match is_program_supported(program_type) {
@@ -204,6 +227,7 @@ fn doctor_as_root_matches_what_the_host_shows() {
     expect_status(&report, "bpf_tracepoint", "ok");
     expect_status(&report, "bpf_helpers", "ok");
     expect_status(&report, "programs", "ok");
+    expect_verification_within_budget(check(&report, "programs"));
 
     expect_hook_matches_aya(&report, "fentry", ProgramType::Tracing);
     expect_hook_matches_aya(&report, "bpf_lsm", ProgramType::Lsm(LsmAttachType::Mac));
