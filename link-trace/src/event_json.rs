@@ -13,20 +13,107 @@
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 
-use crate::event::{FileInfo, LinkEvent, MismatchExplanation, PathField, PathPrefix};
+use crate::event::{FileInfo, LinkEvent, MismatchExplanation, PathField};
 
 /// `,"name":` for a literal name, copied in one piece of known length
 /// (inlined, no call to memcpy).
 macro_rules! key {
-    ($out:expr, $name:literal) => {
+    ($out:expr, $name:expr) => {
         $out.extend_from_slice(concat!(",\"", $name, "\":").as_bytes())
     };
+}
+
+/// `,"name":null` or `,"name":` and the value `write` writes: a null
+/// field costs one literal copy instead of two.
+macro_rules! nullable {
+    ($out:expr, $name:expr, $value:expr, $write:expr) => {
+        match $value {
+            Some(v) => {
+                key!($out, $name);
+                $write($out, v)
+            }
+            None => $out.extend_from_slice(concat!(",\"", $name, "\":null").as_bytes()),
+        }
+    };
+}
+
+/// `,"name":true` or `,"name":false`, one literal copy.
+macro_rules! flag {
+    ($out:expr, $name:expr, $value:expr) => {
+        $out.extend_from_slice(if $value {
+            concat!(",\"", $name, "\":true").as_bytes()
+        } else {
+            concat!(",\"", $name, "\":false").as_bytes()
+        })
+    };
+}
+
+/// The fields of one path argument (`PathField`) with `$p` ("oldpath" or
+/// "newpath") as prefix. A macro rather than a function generic over the
+/// prefix so that every key is a literal; the common tail (no error, not
+/// truncated, nothing at exit, no canonical form) is one literal each.
+macro_rules! path {
+    ($out:expr, $field:expr, $p:literal) => {{
+        let (out, f): (&mut Vec<u8>, &PathField<_>) = ($out, $field);
+        bytes_field(
+            out,
+            concat!(",\"", $p, "\":"),
+            concat!(",\"", $p, "_b64\":"),
+            f.bytes.as_deref(),
+        );
+        match (f.truncated, f.error.as_deref()) {
+            (false, None) => out.extend_from_slice(
+                concat!(",\"", $p, "_truncated\":false,\"", $p, "_error\":null").as_bytes(),
+            ),
+            (truncated, error) => {
+                flag!(out, concat!($p, "_truncated"), truncated);
+                nullable!(out, concat!($p, "_error"), error, string);
+            }
+        }
+        bytes_field(
+            out,
+            concat!(",\"", $p, "_resolved\":"),
+            concat!(",\"", $p, "_resolved_b64\":"),
+            f.resolved.as_deref(),
+        );
+        key!(out, concat!($p, "_resolution"));
+        string(out, f.resolution);
+        match (f.resolution_error, &f.at_exit, &f.canonical) {
+            (None, None, None) => out.extend_from_slice(
+                concat!(
+                    ",\"",
+                    $p,
+                    "_resolution_error\":null,\"",
+                    $p,
+                    "_at_exit\":null,\"",
+                    $p,
+                    "_canonical\":null"
+                )
+                .as_bytes(),
+            ),
+            (error, at_exit, canonical) => {
+                nullable!(out, concat!($p, "_resolution_error"), error, string);
+                bytes_field(
+                    out,
+                    concat!(",\"", $p, "_at_exit\":"),
+                    concat!(",\"", $p, "_at_exit_b64\":"),
+                    at_exit.as_deref(),
+                );
+                bytes_field(
+                    out,
+                    concat!(",\"", $p, "_canonical\":"),
+                    concat!(",\"", $p, "_canonical_b64\":"),
+                    canonical.as_deref(),
+                );
+            }
+        }
+    }};
 }
 
 /// Appends `e` as `{"kind":"event",...}` (no newline).
 pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"kind\":\"event\",\"schema_version\":");
-    uint(out, u64::from(e.schema_version));
+    uint(out, e.schema_version);
     key!(out, "seq");
     uint(out, e.seq);
     key!(out, "time");
@@ -38,91 +125,74 @@ pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
     key!(out, "syscall");
     string(out, e.syscall);
     key!(out, "olddirfd");
-    int(out, i64::from(e.olddirfd));
-    path(out, &e.oldpath);
+    int(out, e.olddirfd);
+    path!(out, &e.oldpath, "oldpath");
     key!(out, "newdirfd");
-    int(out, i64::from(e.newdirfd));
-    path(out, &e.newpath);
+    int(out, e.newdirfd);
+    path!(out, &e.newpath, "newpath");
     key!(out, "flags");
-    uint(out, u64::from(e.flags));
-    key!(out, "flag_names");
-    out.push(b'[');
-    for (index, name) in e.flag_names.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
+    uint(out, e.flags);
+    if e.flag_names.is_empty() {
+        out.extend_from_slice(b",\"flag_names\":[]");
+    } else {
+        key!(out, "flag_names");
+        out.push(b'[');
+        for (index, name) in e.flag_names.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            string(out, name);
         }
-        string(out, name);
+        out.push(b']');
     }
-    out.push(b']');
     key!(out, "ret");
     int(out, e.ret);
-    key!(out, "success");
-    boolean(out, e.success);
-    key!(out, "errno");
-    opt_string(out, e.errno.as_deref());
+    flag!(out, "success", e.success);
+    nullable!(out, "errno", e.errno.as_deref(), string);
     key!(out, "pid");
-    uint(out, u64::from(e.pid));
+    uint(out, e.pid);
     key!(out, "tid");
-    uint(out, u64::from(e.tid));
+    uint(out, e.tid);
     key!(out, "uid");
-    uint(out, u64::from(e.uid));
+    uint(out, e.uid);
     key!(out, "gid");
-    uint(out, u64::from(e.gid));
+    uint(out, e.gid);
     key!(out, "comm");
     string(out, &e.comm);
     if let Some(b64) = &e.comm_b64 {
         key!(out, "comm_b64");
         string(out, b64);
     }
-    key!(out, "args_changed");
-    boolean(out, e.args_changed);
+    flag!(out, "args_changed", e.args_changed);
     let p = &e.process;
-    key!(out, "ppid");
-    opt_uint(out, p.ppid);
-    key!(out, "euid");
-    opt_uint(out, p.euid);
-    key!(out, "egid");
-    opt_uint(out, p.egid);
-    key!(out, "fsuid");
-    opt_uint(out, p.fsuid);
-    key!(out, "fsgid");
-    opt_uint(out, p.fsgid);
-    key!(out, "auid");
-    opt_uint(out, p.auid);
-    key!(out, "sessionid");
-    opt_uint(out, p.sessionid);
-    key!(out, "exe");
-    opt_string(out, p.exe.as_deref());
+    nullable!(out, "ppid", p.ppid, uint);
+    nullable!(out, "euid", p.euid, uint);
+    nullable!(out, "egid", p.egid, uint);
+    nullable!(out, "fsuid", p.fsuid, uint);
+    nullable!(out, "fsgid", p.fsgid, uint);
+    nullable!(out, "auid", p.auid, uint);
+    nullable!(out, "sessionid", p.sessionid, uint);
+    nullable!(out, "exe", p.exe.as_deref(), string);
     if let Some(b64) = &p.exe_b64 {
         key!(out, "exe_b64");
         string(out, b64);
     }
     key!(out, "cgroup_id");
     uint(out, p.cgroup_id);
-    key!(out, "cgroup_path");
-    opt_string(out, p.cgroup_path.as_deref());
-    key!(out, "container_id");
-    opt_string(out, p.container_id.as_deref());
-    key!(out, "mnt_ns");
-    opt_uint(out, p.mnt_ns);
-    key!(out, "pid_ns");
-    opt_uint(out, p.pid_ns);
-    key!(out, "file");
-    file(out, e.file.as_ref());
-    key!(out, "file_error");
-    opt_string(out, e.file_error.as_deref());
-    key!(out, "new_file");
-    file(out, e.new_file.as_ref());
-    key!(out, "inode_mismatch");
-    match e.inode_mismatch {
-        Some(b) => boolean(out, b),
-        None => null(out),
-    }
-    key!(out, "inode_mismatch_explained_by");
-    match &e.inode_mismatch_explained_by {
-        Some(why) => explanation(out, why),
-        None => null(out),
-    }
+    nullable!(out, "cgroup_path", p.cgroup_path.as_deref(), string);
+    nullable!(out, "container_id", p.container_id.as_deref(), string);
+    nullable!(out, "mnt_ns", p.mnt_ns, uint);
+    nullable!(out, "pid_ns", p.pid_ns, uint);
+    nullable!(out, "file", e.file.as_ref(), file);
+    nullable!(out, "file_error", e.file_error.as_deref(), string);
+    nullable!(out, "new_file", e.new_file.as_ref(), file);
+    nullable!(out, "inode_mismatch", e.inode_mismatch, boolean);
+    nullable!(
+        out,
+        "inode_mismatch_explained_by",
+        e.inode_mismatch_explained_by.as_ref(),
+        explanation
+    );
     out.push(b'}');
 }
 
@@ -130,104 +200,104 @@ fn explanation(out: &mut Vec<u8>, why: &MismatchExplanation) {
     out.extend_from_slice(b"{\"seq\":");
     uint(out, why.seq);
     key!(out, "pid");
-    uint(out, u64::from(why.pid));
+    uint(out, why.pid);
     key!(out, "tid");
-    uint(out, u64::from(why.tid));
+    uint(out, why.tid);
     key!(out, "syscall");
     string(out, why.syscall);
     key!(out, "boot_ns");
     uint(out, why.boot_ns);
     bytes_field(
         out,
-        "oldpath_resolved",
-        "oldpath_resolved_b64",
+        ",\"oldpath_resolved\":",
+        ",\"oldpath_resolved_b64\":",
         why.oldpath_resolved.as_deref(),
     );
     bytes_field(
         out,
-        "newpath_resolved",
-        "newpath_resolved_b64",
+        ",\"newpath_resolved\":",
+        ",\"newpath_resolved_b64\":",
         why.newpath_resolved.as_deref(),
     );
     out.push(b'}');
-}
-
-/// `,"name":`
-#[inline(always)]
-fn key(out: &mut Vec<u8>, name: &[u8]) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name);
-    out.extend_from_slice(b"\":");
-}
-
-fn null(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"null");
 }
 
 fn boolean(out: &mut Vec<u8>, value: bool) {
     out.extend_from_slice(if value { b"true" } else { b"false" });
 }
 
-fn uint(out: &mut Vec<u8>, value: u64) {
-    if value < 10 {
-        out.push(b'0' + value as u8);
+/// An unsigned number (u32 stays u32: itoa is cheaper on it than on u64).
+#[inline]
+fn uint<T: itoa::Integer + Into<u64> + Copy>(out: &mut Vec<u8>, value: T) {
+    let wide: u64 = value.into();
+    if wide < 10 {
+        out.push(b'0' + wide as u8);
         return;
     }
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-fn int(out: &mut Vec<u8>, value: i64) {
+fn int<T: itoa::Integer>(out: &mut Vec<u8>, value: T) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
-fn opt_uint(out: &mut Vec<u8>, value: Option<u32>) {
-    match value {
-        Some(v) => uint(out, u64::from(v)),
-        None => null(out),
-    }
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// Nonzero when one of 8 bytes is a control character, `"` or `\`
+/// (`also` adds bits to test, e.g. HIGH for non-ASCII): the classic exact
+/// SWAR tests for a byte below 0x20 and for a zero byte (after xor with the
+/// byte looked for). Exact as a whole, though not per bit.
+#[inline(always)]
+fn word_flags(bytes: [u8; 8], also: u64) -> u64 {
+    let x = u64::from_ne_bytes(bytes);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    below(x, 0x20)
+        | below(x ^ (ONES * u64::from(b'"')), 1)
+        | below(x ^ (ONES * u64::from(b'\\')), 1)
+        | (x & also)
 }
 
-fn opt_string(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(s) => string(out, s),
-        None => null(out),
-    }
-}
-
-/// Whether any byte of `bytes` must be escaped in a JSON string (a control
-/// character, `"` or `\`). No early exit: the loop over 16-byte chunks
-/// compiles to vector compares, faster than stopping at the first hit on
-/// the short strings seen here.
-fn needs_escape(bytes: &[u8]) -> bool {
-    let flag = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+/// Whether some byte of `bytes` must be escaped (or, with `also` = HIGH,
+/// is not ASCII). 16-byte chunks folded without an early exit inside a
+/// chunk (the fold compiles to vector compares), then the rest as two
+/// overlapping words when there are 8 bytes or more, else byte by byte.
+#[inline(always)]
+fn any_flagged(bytes: &[u8], also: u64) -> bool {
+    let flag = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\') | (u64::from(b) & also != 0);
     let mut chunks = bytes.chunks_exact(16);
-    let mut found = false;
     for chunk in &mut chunks {
-        found |= chunk.iter().fold(false, |any, &b| any | flag(b));
-        if found {
+        if chunk.iter().fold(false, |any, &b| any | flag(b)) {
             return true;
         }
     }
     let rest = chunks.remainder();
-    // The rest (most short strings are nothing but): two overlapping
-    // words when there are 8 bytes or more, instead of a byte loop.
     match (rest.first_chunk::<8>(), rest.last_chunk::<8>()) {
-        (Some(first), Some(last)) => word_needs_escape(*first) | word_needs_escape(*last),
+        (Some(first), Some(last)) => (word_flags(*first, also) | word_flags(*last, also)) != 0,
         _ => rest.iter().fold(false, |any, &b| any | flag(b)),
     }
 }
 
-/// Whether one of 8 bytes is a control character, `"` or `\`: the
-/// classic exact SWAR tests for a byte below 0x20 and for a zero byte
-/// (after xor with the byte looked for).
-fn word_needs_escape(bytes: [u8; 8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let x = u64::from_ne_bytes(bytes);
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH != 0;
-    below(x, 0x20)
-        | below(x ^ (ONES * u64::from(b'"')), 1)
-        | below(x ^ (ONES * u64::from(b'\\')), 1)
+/// Whether any byte of `bytes` must be escaped in a JSON string (a control
+/// character, `"` or `\`).
+fn needs_escape(bytes: &[u8]) -> bool {
+    any_flagged(bytes, 0)
+}
+
+/// Whether `bytes` can be written as they are between quotes: all ASCII
+/// (so valid UTF-8, no lossy rendering, no base64) and nothing to escape.
+/// One pass instead of a UTF-8 check and then an escape check.
+fn plain_ascii(bytes: &[u8]) -> bool {
+    !any_flagged(bytes, HIGH)
+}
+
+/// `"bytes"`, known to need no escaping.
+#[inline(always)]
+fn quoted(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(bytes);
+    out.push(b'"');
 }
 
 /// A JSON string, escaped exactly as serde_json does.
@@ -237,26 +307,27 @@ fn string(out: &mut Vec<u8>, value: &str) {
         let _ = serde_json::to_writer(&mut *out, value);
         return;
     }
-    out.reserve(value.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(value.as_bytes());
-    out.push(b'"');
+    quoted(out, value.as_bytes());
 }
 
-/// `,"name":"text"` for path bytes (null when absent), plus
-/// `,"name_b64":"..."` with the exact bytes when they are not UTF-8: what
+/// `key` (`,"name":`) and the text of path bytes (null when absent), plus
+/// `b64_key` and the exact bytes in base64 when they are not UTF-8: what
 /// `event::encode_bytes` gives serde.
-fn bytes_field(out: &mut Vec<u8>, name: &str, b64_name: &str, bytes: Option<&[u8]>) {
-    key(out, name.as_bytes());
+fn bytes_field(out: &mut Vec<u8>, key: &str, b64_key: &str, bytes: Option<&[u8]>) {
+    out.extend_from_slice(key.as_bytes());
     let Some(bytes) = bytes else {
-        null(out);
+        out.extend_from_slice(b"null");
         return;
     };
+    if plain_ascii(bytes) {
+        quoted(out, bytes);
+        return;
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) => string(out, text),
         Err(_) => {
             string(out, &String::from_utf8_lossy(bytes));
-            key(out, b64_name.as_bytes());
+            out.extend_from_slice(b64_key.as_bytes());
             // Base64 is plain ASCII: nothing to escape.
             out.push(b'"');
             let start = out.len();
@@ -270,27 +341,7 @@ fn bytes_field(out: &mut Vec<u8>, name: &str, b64_name: &str, bytes: Option<&[u8
     }
 }
 
-fn path<P: PathPrefix>(out: &mut Vec<u8>, p: &PathField<P>) {
-    let n = &P::NAMES;
-    bytes_field(out, n.path, n.b64, p.bytes.as_deref());
-    key(out, n.truncated.as_bytes());
-    boolean(out, p.truncated);
-    key(out, n.error.as_bytes());
-    opt_string(out, p.error.as_deref());
-    bytes_field(out, n.resolved, n.resolved_b64, p.resolved.as_deref());
-    key(out, n.resolution.as_bytes());
-    string(out, p.resolution);
-    key(out, n.resolution_error.as_bytes());
-    opt_string(out, p.resolution_error);
-    bytes_field(out, n.at_exit, n.at_exit_b64, p.at_exit.as_deref());
-    bytes_field(out, n.canonical, n.canonical_b64, p.canonical.as_deref());
-}
-
-fn file(out: &mut Vec<u8>, f: Option<&FileInfo>) {
-    let Some(f) = f else {
-        null(out);
-        return;
-    };
+fn file(out: &mut Vec<u8>, f: &FileInfo) {
     out.extend_from_slice(b"{\"facts_from\":");
     string(out, f.facts_from);
     key!(out, "dev");
@@ -300,19 +351,17 @@ fn file(out: &mut Vec<u8>, f: Option<&FileInfo>) {
     key!(out, "type");
     string(out, f.file_type);
     key!(out, "mode");
-    uint(out, u64::from(f.mode));
+    uint(out, f.mode);
     key!(out, "permissions");
     string(out, &f.permissions);
-    key!(out, "setuid");
-    boolean(out, f.setuid);
-    key!(out, "setgid");
-    boolean(out, f.setgid);
+    flag!(out, "setuid", f.setuid);
+    flag!(out, "setgid", f.setgid);
     key!(out, "uid");
-    uint(out, u64::from(f.uid));
+    uint(out, f.uid);
     key!(out, "gid");
-    uint(out, u64::from(f.gid));
+    uint(out, f.gid);
     key!(out, "nlink");
-    uint(out, u64::from(f.nlink));
+    uint(out, f.nlink);
     out.push(b'}');
 }
 
@@ -484,14 +533,16 @@ mod tests {
     }
 
     #[test]
-    fn needs_escape_finds_every_escaped_byte_at_every_position() {
+    fn escape_and_ascii_checks_find_every_byte_at_every_position() {
         for len in 0..40 {
             assert!(!needs_escape(&vec![b'a'; len]));
+            assert!(plain_ascii(&vec![b'a'; len]));
             for at in 0..len {
                 for bad in [0u8, 0x1f, b'"', b'\\'] {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = bad;
                     assert!(needs_escape(&bytes), "len {len} at {at} byte {bad}");
+                    assert!(!plain_ascii(&bytes), "len {len} at {at} byte {bad}");
                 }
             }
         }
@@ -505,6 +556,10 @@ mod tests {
                         bytes[at] = byte;
                         let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
                         assert_eq!(needs_escape(&bytes), expected, "{bytes:?}");
+                        let plain = bytes
+                            .iter()
+                            .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
+                        assert_eq!(plain_ascii(&bytes), plain, "{bytes:?}");
                     }
                 }
             }

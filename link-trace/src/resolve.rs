@@ -60,10 +60,17 @@ pub fn resolve(info: &BaseInfo, raw: Option<&[u8]>, base: &[u8]) -> Resolution {
             if base.is_empty() {
                 return fail(Some("read_failed"));
             }
-            let mut joined = base.to_vec();
+            // Allocated once at its final size, and kept when already
+            // clean rather than copied again by `normalize`.
+            let mut joined = Vec::with_capacity(base.len() + 1 + raw.len());
+            joined.extend_from_slice(base);
             joined.push(b'/');
             joined.extend_from_slice(raw);
-            normalize(&joined)
+            if is_clean(&joined) {
+                joined
+            } else {
+                normalize(&joined)
+            }
         }
         BASE_NONE => return fail(Some("no_btf")),
         _ => return fail(Some("unknown")),
