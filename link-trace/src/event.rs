@@ -218,6 +218,10 @@ pub struct LinkEvent {
     pub file_error: Option<Cow<'static, str>>,
     /// The new name after a successful call (from a later stat).
     pub new_file: Option<FileInfo>,
+    /// Why `new_file` is null after a successful call: the stat's error, or
+    /// that the caller had unlinked the new name before the daemon got to
+    /// it (see `enrich::Removals`), so no stat could have seen this link.
+    pub new_file_error: Option<Cow<'static, str>>,
     /// The new name's inode is not the observed source's; null when
     /// either is unknown.
     pub inode_mismatch: Option<bool>,
@@ -669,6 +673,7 @@ impl LinkEvent {
             file: None,
             file_error: None,
             new_file: None,
+            new_file_error: None,
             inode_mismatch: None,
             inode_mismatch_explained_by: None,
             source_stat_ns: None,

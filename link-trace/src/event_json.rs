@@ -113,6 +113,8 @@ pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
     opt_string(out, e.file_error.as_deref());
     key!(out, "new_file");
     file(out, e.new_file.as_ref());
+    key!(out, "new_file_error");
+    opt_string(out, e.new_file_error.as_deref());
     key!(out, "inode_mismatch");
     match e.inode_mismatch {
         Some(b) => boolean(out, b),
@@ -440,6 +442,7 @@ mod tests {
         e.file = maybe(rng, file_info);
         e.file_error = maybe(rng, |r| Cow::Owned(text(r)));
         e.new_file = maybe(rng, file_info);
+        e.new_file_error = maybe(rng, |r| Cow::Owned(text(r)));
         e.inode_mismatch = maybe(rng, |r| r.bool());
         e.inode_mismatch_explained_by = maybe(rng, |r| MismatchExplanation {
             seq: r.u64(..),

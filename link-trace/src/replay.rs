@@ -247,6 +247,7 @@ fn call_from_json(
         file: file_of(v, "file")?,
         file_error: opt_cow(v, "file_error")?,
         new_file: file_of(v, "new_file")?,
+        new_file_error: opt_cow(v, "new_file_error")?,
         inode_mismatch: opt(v, "inode_mismatch", Value::as_bool)?,
         inode_mismatch_explained_by: explanation_of(v)?,
         source_stat_ns: None,
