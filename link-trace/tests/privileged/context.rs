@@ -112,6 +112,66 @@ fn relative_path_after_chdir_resolves_against_cwd() {
     expect_fields(event, &[("inode_mismatch", false.into())]);
 }
 
+/// A new name the caller unlinks right after the link is not stat'ed (the
+/// stat could only fail or see a later file): `new_file_error` names the
+/// unlink's context record instead. A name it keeps is stat'ed as ever.
+/// The unlink is found when the daemon reads it from the ring together with
+/// the link, which it does here unless a drain falls in the µs between them.
+#[test]
+fn a_new_name_the_caller_unlinked_is_not_stated_and_one_it_kept_is() {
+    if !privileged("a_new_name_the_caller_unlinked_is_not_stated_and_one_it_kept_is") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "ctx-unlinked");
+    let src = dir.file("src");
+    let (gone, kept) = (dir.join("gone"), dir.join("kept"));
+    let tracer = Tracer::start(&["--pid", &my_pid(), "--context-events"]);
+    let linked = linkat(AT_FDCWD, &src, AT_FDCWD, &gone, 0);
+    // SAFETY: a valid NUL-terminated string for the duration of the call.
+    let unlinked = check(unsafe { libc::unlink(cstr(&gone).as_ptr()) });
+    let kept_linked = linkat(AT_FDCWD, &src, AT_FDCWD, &kept, 0);
+    let run = tracer.stop();
+    linked.expect("linkat");
+    unlinked.expect("unlink");
+    kept_linked.expect("linkat");
+    run.assert_clean_exit();
+    let tid = gettid();
+    let unlink: Vec<&Value> = run
+        .records
+        .iter()
+        .filter(|r| r["kind"] == "context" && r["tid"] == tid && r["oldpath"] == s(&gone))
+        .collect();
+    assert_eq!(
+        unlink.len(),
+        1,
+        "the unlink's context record: {:#?}",
+        run.records
+    );
+    assert_eq!(unlink[0]["syscall"], "unlink");
+    let event = mine(&run, s(&gone));
+    expect_file(event, "file", &src, "stat");
+    expect_fields(
+        event,
+        &[
+            ("new_file", Value::Null),
+            (
+                "new_file_error",
+                format!("unlinked by the caller (unlink seq {})", unlink[0]["seq"]).into(),
+            ),
+            ("inode_mismatch", Value::Null),
+        ],
+    );
+    let event = mine(&run, s(&kept));
+    expect_file(event, "new_file", &kept, "stat");
+    expect_fields(
+        event,
+        &[
+            ("new_file_error", Value::Null),
+            ("inode_mismatch", false.into()),
+        ],
+    );
+}
+
 #[test]
 fn dirfd_of_a_renamed_directory_resolves_to_its_new_name() {
     if !privileged("dirfd_of_a_renamed_directory_resolves_to_its_new_name") {
