@@ -444,14 +444,16 @@ mod tests {
         e.new_file = maybe(rng, file_info);
         e.new_file_error = maybe(rng, |r| Cow::Owned(text(r)));
         e.inode_mismatch = maybe(rng, |r| r.bool());
-        e.inode_mismatch_explained_by = maybe(rng, |r| MismatchExplanation {
-            seq: r.u64(..),
-            pid: r.u32(..),
-            tid: r.u32(..),
-            syscall: ["rename", "renameat", "renameat2"][r.usize(..3)],
-            boot_ns: r.u64(..),
-            oldpath_resolved: maybe(r, hostile_bytes),
-            newpath_resolved: maybe(r, hostile_bytes),
+        e.inode_mismatch_explained_by = maybe(rng, |r| {
+            Box::new(MismatchExplanation {
+                seq: r.u64(..),
+                pid: r.u32(..),
+                tid: r.u32(..),
+                syscall: ["rename", "renameat", "renameat2"][r.usize(..3)],
+                boot_ns: r.u64(..),
+                oldpath_resolved: maybe(r, hostile_bytes),
+                newpath_resolved: maybe(r, hostile_bytes),
+            })
         });
         e
     }

@@ -415,7 +415,7 @@ impl<'a> LinkExtras<'a> {
             errno: e.errno.as_deref(),
             args_changed: e.args_changed,
             inode_mismatch: e.inode_mismatch,
-            inode_mismatch_explained_by: e.inode_mismatch_explained_by.as_ref(),
+            inode_mismatch_explained_by: e.inode_mismatch_explained_by.as_deref(),
             oldpath: PathExtras::new(e.olddirfd, &e.oldpath),
             newpath: PathExtras::new(e.newdirfd, &e.newpath),
             file: e.file.as_ref(),
