@@ -861,6 +861,15 @@ mod tests {
         serde_json::from_str(&line).unwrap()
     }
 
+    /// glibc serves requests of up to 1000 bytes from its small bins; a larger
+    /// event would make the capture thread's Box of every event run
+    /// malloc_consolidate again (see `inode_mismatch_explained_by`).
+    #[test]
+    fn an_event_stays_a_small_allocation_for_glibc() {
+        let size = std::mem::size_of::<LinkEvent>();
+        assert!(size <= 1000, "LinkEvent is {size} bytes");
+    }
+
     #[test]
     fn utf8_paths_are_exact_and_hostile_bytes_are_preserved() {
         let v = json(sample_event(
