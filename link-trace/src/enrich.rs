@@ -74,9 +74,22 @@ impl Enricher {
         }
     }
 
-    pub fn enrich(&mut self, event: &mut LinkEvent) {
+    /// Enriches the link events of one batch, sparing the stat of the new
+    /// names the caller has unlinked since (see `unlinked_new_names`).
+    pub fn enrich_batch(&mut self, records: &mut [Record]) {
+        let mut unlinked = unlinked_new_names(records).into_iter().peekable();
+        for (index, record) in records.iter_mut().enumerate() {
+            if let Record::Event(event) = record {
+                let removed = unlinked.next_if(|(at, _)| *at == index).map(|(_, why)| why);
+                self.enrich(event, removed);
+            }
+        }
+    }
+
+    /// `removed`: why the new name is not stat'ed (it was unlinked since).
+    pub fn enrich(&mut self, event: &mut LinkEvent, removed: Option<String>) {
         self.add_cgroup(event);
-        self.add_file_facts(event);
+        self.add_file_facts(event, removed);
     }
 
     fn add_cgroup(&mut self, event: &mut LinkEvent) {
@@ -192,7 +205,7 @@ impl Enricher {
         Some(real.into_os_string().into_vec())
     }
 
-    fn add_file_facts(&mut self, event: &mut LinkEvent) {
+    fn add_file_facts(&mut self, event: &mut LinkEvent, removed: Option<String>) {
         let follow = event.flags & names::AT_SYMLINK_FOLLOW != 0;
         if event.file.is_none() {
             match event.oldpath.resolved.as_deref() {
@@ -211,11 +224,25 @@ impl Enricher {
                 }
             }
         }
-        if event.success
-            && let Some(resolved) = event.newpath.resolved.as_deref()
-        {
-            // The new name is a hard link itself: never follow it.
-            event.new_file = stat(&self.lookup_path(event, resolved), false).ok();
+        if event.success {
+            match (removed, event.newpath.resolved.as_deref()) {
+                // A stat now could only fail or see a later file.
+                (Some(why), _) => event.new_file_error = Some(why.into()),
+                // The new name is a hard link itself: never follow it.
+                (None, Some(resolved)) => match stat(&self.lookup_path(event, resolved), false) {
+                    Ok(info) => event.new_file = Some(info),
+                    Err(errno) => event.new_file_error = Some(names::errno_name(errno)),
+                },
+                (None, None) => {
+                    event.new_file_error = Some(
+                        format!(
+                            "newpath not resolved ({})",
+                            event.newpath.resolution_error.unwrap_or("none")
+                        )
+                        .into(),
+                    )
+                }
+            }
         }
         if let (Some(file), Some(new_file)) = (&event.file, &event.new_file) {
             let mismatch = (&file.dev, file.ino) != (&new_file.dev, new_file.ino);
@@ -242,6 +269,78 @@ impl Default for Enricher {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A successful unlink or unlinkat from a context record.
+struct Unlink {
+    boot_ns: u64,
+    pid: u32,
+    seq: u64,
+    syscall: &'static str,
+}
+
+/// The link events of `records` (by index, ascending) whose new name the
+/// caller's own process unlinked after the link returned, according to the
+/// batch's context records, each with the reason to give in
+/// `new_file_error`. The daemon stats the new name only when it gets to the
+/// event, after the unlink: that stat could only fail (on tmpfs, which keeps
+/// no negative dentries, the slowest stat there is, and it contends for the
+/// directory's lock with the caller) or see a later file, never this link.
+///
+/// The unlink must have entered after the link returned (the stream order
+/// alone does not say so across threads) and come from the same process
+/// (tgid): context records carry no mount namespace or root, so the same
+/// process stands for the same one, as for `hold`. Renames are not used: a
+/// rename between two names of one inode succeeds and does nothing. Without
+/// unlink capture (no rule needs it, no --context-events) nothing is found
+/// and every new name is stat'ed.
+fn unlinked_new_names(records: &[Record]) -> Vec<(usize, String)> {
+    let mut unlinks: HashMap<&[u8], Vec<Unlink>> = HashMap::new();
+    for record in records {
+        if let Record::Context(context) = record {
+            let c = &context.0;
+            if c.success
+                && matches!(c.syscall, "unlink" | "unlinkat")
+                && let Some(path) = c.oldpath.resolved.as_deref()
+            {
+                unlinks.entry(path).or_default().push(Unlink {
+                    boot_ns: c.boot_ns,
+                    pid: c.pid,
+                    seq: c.seq,
+                    syscall: c.syscall,
+                });
+            }
+        }
+    }
+    if unlinks.is_empty() {
+        return Vec::new();
+    }
+    for same_path in unlinks.values_mut() {
+        same_path.sort_by_key(|u| u.boot_ns);
+    }
+    let mut found = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let Record::Event(link) = record else {
+            continue;
+        };
+        let Some(same_path) = link
+            .success
+            .then_some(())
+            .and(link.newpath.resolved.as_deref())
+            .and_then(|path| unlinks.get(path))
+        else {
+            continue;
+        };
+        let exit_ns = link.exit_ns();
+        let after = same_path.partition_point(|u| u.boot_ns < exit_ns);
+        if let Some(u) = same_path[after..].iter().find(|u| u.pid == link.pid) {
+            found.push((
+                index,
+                format!("unlinked by the caller ({} seq {})", u.syscall, u.seq),
+            ));
+        }
+    }
+    found
 }
 
 /// `resolved` with /proc/self and /proc/thread-self meaning the caller.
@@ -379,11 +478,7 @@ fn run(
     loop {
         let (ready, closed) = match receive(&mut rx, timer, hold.deadline()) {
             Received::Batch(mut records) => {
-                for record in &mut records {
-                    if let Record::Event(event) = record {
-                        enricher.enrich(event);
-                    }
-                }
+                enricher.enrich_batch(&mut records);
                 let now = Instant::now();
                 let mut ready = hold.push_batch(records, now);
                 ready.extend(hold.expire(now));
@@ -412,6 +507,13 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh directory of this test process's own, named after `test`.
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("link-trace-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -471,8 +573,7 @@ mod tests {
     /// rename onto the source, and flushed in order when the input closes.
     #[test]
     fn the_stage_holds_a_mismatch_for_its_verdict_and_loses_nothing_at_close() {
-        let dir = std::env::temp_dir().join(format!("link-trace-hold-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("hold");
         let (source, new_name) = (dir.join("f"), dir.join("f.bak"));
         std::fs::write(&source, b"new version").unwrap();
         std::fs::write(&new_name, b"old version").unwrap();
@@ -533,6 +634,128 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A context record of `syscall` on `path` by `pid`, entered at `boot_ns`.
+    fn removal(syscall: &'static str, path: &[u8], pid: u32, boot_ns: u64, seq: u64) -> Record {
+        let mut e = crate::event::sample_event(Some(b"x"), None, 0);
+        (e.syscall, e.pid, e.boot_ns, e.seq) = (syscall, pid, boot_ns, seq);
+        e.oldpath.resolved = Some(path.to_vec());
+        Record::Context(Box::new(crate::event::ContextEvent(e)))
+    }
+
+    /// A successful link by pid 7 onto `new`, returned at 1_250 ns.
+    fn link_onto(new: &[u8]) -> Record {
+        let mut e = crate::event::sample_event(Some(b"a"), Some(b"b"), 0);
+        e.oldpath.resolved = Some(b"/nonexistent-link-trace-test/a".to_vec());
+        e.newpath.resolved = Some(new.to_vec());
+        Record::Event(Box::new(e))
+    }
+
+    #[test]
+    fn only_the_callers_later_unlink_of_the_new_name_spares_its_stat() {
+        const B: &[u8] = b"/t/b";
+        let link = || link_onto(B);
+        let found = |records: Vec<Record>| unlinked_new_names(&records);
+        // Its own unlink, entered after the link returned, later or earlier
+        // in the stream (another thread's record may come first).
+        assert_eq!(
+            found(vec![link(), removal("unlink", B, 7, 2_000, 5)]),
+            [(0, "unlinked by the caller (unlink seq 5)".to_owned())]
+        );
+        assert_eq!(
+            found(vec![removal("unlinkat", B, 7, 1_250, 6), link()]),
+            [(1, "unlinked by the caller (unlinkat seq 6)".to_owned())]
+        );
+        // The nearest of several, and each link its own.
+        assert_eq!(
+            found(vec![
+                link(),
+                removal("unlink", B, 7, 9_000, 9),
+                removal("unlink", B, 7, 2_000, 8),
+                link(),
+            ]),
+            [
+                (0, "unlinked by the caller (unlink seq 8)".to_owned()),
+                (3, "unlinked by the caller (unlink seq 8)".to_owned()),
+            ]
+        );
+        let mut failed_unlink = removal("unlink", B, 7, 2_000, 5);
+        if let Record::Context(c) = &mut failed_unlink {
+            (c.0.success, c.0.ret) = (false, -2);
+        }
+        let mut failed_link = link();
+        if let Record::Event(e) = &mut failed_link {
+            (e.success, e.ret) = (false, -17);
+        }
+        for (why, records) in [
+            (
+                "another process",
+                vec![link(), removal("unlink", B, 8, 2_000, 5)],
+            ),
+            (
+                "entered before the link returned",
+                vec![link(), removal("unlink", B, 7, 1_249, 5)],
+            ),
+            (
+                "another name",
+                vec![link(), removal("unlink", b"/t/bb", 7, 2_000, 5)],
+            ),
+            ("a failed unlink", vec![link(), failed_unlink]),
+            (
+                "a rename away (a no-op between names of one inode)",
+                vec![link(), {
+                    let mut r = removal("rename", B, 7, 2_000, 5);
+                    if let Record::Context(c) = &mut r {
+                        c.0.newpath.resolved = Some(b"/t/a".to_vec());
+                    }
+                    r
+                }],
+            ),
+            (
+                "a failed link",
+                vec![failed_link, removal("unlink", B, 7, 2_000, 5)],
+            ),
+            ("no context records", vec![link(), link()]),
+        ] {
+            assert_eq!(found(records), [], "{why}");
+        }
+    }
+
+    /// The stage's enrichment with a real new name: still there on disk, it
+    /// is not stat'ed when the caller's unlink of it is in the batch, and is
+    /// without; a missing one gets the stat's errno.
+    #[test]
+    fn the_new_name_is_stated_unless_the_caller_unlinked_it() {
+        let dir = scratch_dir("unlinked");
+        let new_name = dir.join("b");
+        std::fs::write(&new_name, b"x").unwrap();
+        let path = new_name.as_os_str().as_bytes();
+        let mut enricher = Enricher::new();
+        let mut enriched = |mut records: Vec<Record>| {
+            enricher.enrich_batch(&mut records);
+            match &records[0] {
+                Record::Event(e) => (e.new_file.as_ref().map(|f| f.ino), e.new_file_error.clone()),
+                other => panic!("not an event: {other:?}"),
+            }
+        };
+        let ino = std::fs::metadata(&new_name).unwrap().ino();
+        assert_eq!(enriched(vec![link_onto(path)]), (Some(ino), None));
+        assert_eq!(
+            enriched(vec![link_onto(path), removal("unlink", path, 7, 2_000, 3)]),
+            (None, Some("unlinked by the caller (unlink seq 3)".into()))
+        );
+        // Someone else's unlink says nothing about the caller's name.
+        assert_eq!(
+            enriched(vec![link_onto(path), removal("unlink", path, 9, 2_000, 3)]),
+            (Some(ino), None)
+        );
+        std::fs::remove_file(&new_name).unwrap();
+        assert_eq!(
+            enriched(vec![link_onto(path)]),
+            (None, Some("ENOENT".into()))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn parses_namespace_links() {
         assert_eq!(ns_inode(Path::new("mnt:[4026531832]")), Some(4026531832));
@@ -541,8 +764,7 @@ mod tests {
 
     #[test]
     fn stat_reports_mode_bits_and_owner() {
-        let dir = std::env::temp_dir().join(format!("link-trace-enrich-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("enrich");
         let file = dir.join("f");
         std::fs::write(&file, b"x").unwrap();
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o4755))

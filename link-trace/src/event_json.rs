@@ -186,6 +186,7 @@ pub fn write_event(e: &LinkEvent, out: &mut Vec<u8>) {
     nullable!(out, "file", e.file.as_ref(), file);
     nullable!(out, "file_error", e.file_error.as_deref(), string);
     nullable!(out, "new_file", e.new_file.as_ref(), file);
+    nullable!(out, "new_file_error", e.new_file_error.as_deref(), string);
     nullable!(out, "inode_mismatch", e.inode_mismatch, boolean);
     nullable!(
         out,
@@ -489,15 +490,18 @@ mod tests {
         e.file = maybe(rng, file_info);
         e.file_error = maybe(rng, |r| Cow::Owned(text(r)));
         e.new_file = maybe(rng, file_info);
+        e.new_file_error = maybe(rng, |r| Cow::Owned(text(r)));
         e.inode_mismatch = maybe(rng, |r| r.bool());
-        e.inode_mismatch_explained_by = maybe(rng, |r| MismatchExplanation {
-            seq: r.u64(..),
-            pid: r.u32(..),
-            tid: r.u32(..),
-            syscall: ["rename", "renameat", "renameat2"][r.usize(..3)],
-            boot_ns: r.u64(..),
-            oldpath_resolved: maybe(r, hostile_bytes),
-            newpath_resolved: maybe(r, hostile_bytes),
+        e.inode_mismatch_explained_by = maybe(rng, |r| {
+            Box::new(MismatchExplanation {
+                seq: r.u64(..),
+                pid: r.u32(..),
+                tid: r.u32(..),
+                syscall: ["rename", "renameat", "renameat2"][r.usize(..3)],
+                boot_ns: r.u64(..),
+                oldpath_resolved: maybe(r, hostile_bytes),
+                newpath_resolved: maybe(r, hostile_bytes),
+            })
         });
         e
     }

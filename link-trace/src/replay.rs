@@ -247,6 +247,7 @@ fn call_from_json(
         file: file_of(v, "file")?,
         file_error: opt_cow(v, "file_error")?,
         new_file: file_of(v, "new_file")?,
+        new_file_error: opt_cow(v, "new_file_error")?,
         inode_mismatch: opt(v, "inode_mismatch", Value::as_bool)?,
         inode_mismatch_explained_by: explanation_of(v)?,
         source_stat_ns: None,
@@ -254,7 +255,7 @@ fn call_from_json(
 }
 
 /// The rename that explained a mismatch; absent in older recordings.
-fn explanation_of(v: &Value) -> Result<Option<MismatchExplanation>> {
+fn explanation_of(v: &Value) -> Result<Option<Box<MismatchExplanation>>> {
     const NAME: &str = "inode_mismatch_explained_by";
     let Some(why) = v.get(NAME).filter(|w| !w.is_null()) else {
         return Ok(None);
@@ -267,7 +268,7 @@ fn explanation_of(v: &Value) -> Result<Option<MismatchExplanation>> {
             .filter(|id| id.is_context() && id.has_new_path())
             .map(SyscallId::name),
     )?;
-    Ok(Some(MismatchExplanation {
+    Ok(Some(Box::new(MismatchExplanation {
         seq: u64_of(why, "seq")?,
         pid: u32_of(why, "pid")?,
         tid: u32_of(why, "tid")?,
@@ -275,7 +276,7 @@ fn explanation_of(v: &Value) -> Result<Option<MismatchExplanation>> {
         boot_ns: u64_of(why, "boot_ns")?,
         oldpath_resolved: bytes_of(why, "oldpath_resolved", "oldpath_resolved_b64")?,
         newpath_resolved: bytes_of(why, "newpath_resolved", "newpath_resolved_b64")?,
-    }))
+    })))
 }
 
 fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {

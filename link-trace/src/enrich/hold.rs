@@ -166,7 +166,7 @@ impl Hold {
             return;
         };
         if let Some(Record::Event(link)) = self.held.get_mut((w.pos - front_pos) as usize) {
-            link.inode_mismatch_explained_by = Some(MismatchExplanation::of(rename));
+            link.inode_mismatch_explained_by = Some(Box::new(MismatchExplanation::of(rename)));
         }
     }
 

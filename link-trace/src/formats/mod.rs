@@ -319,6 +319,8 @@ struct LinkExtras<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     new_file: Option<&'a FileInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    new_file_error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     comm_b64: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exe_b64: Option<&'a str>,
@@ -413,12 +415,13 @@ impl<'a> LinkExtras<'a> {
             errno: e.errno.as_deref(),
             args_changed: e.args_changed,
             inode_mismatch: e.inode_mismatch,
-            inode_mismatch_explained_by: e.inode_mismatch_explained_by.as_ref(),
+            inode_mismatch_explained_by: e.inode_mismatch_explained_by.as_deref(),
             oldpath: PathExtras::new(e.olddirfd, &e.oldpath),
             newpath: PathExtras::new(e.newdirfd, &e.newpath),
             file: e.file.as_ref(),
             file_error: e.file_error.as_deref(),
             new_file: e.new_file.as_ref(),
+            new_file_error: e.new_file_error.as_deref(),
             comm_b64: e.comm_b64.as_deref(),
             exe_b64: p.exe_b64.as_deref(),
             fsuid: p.fsuid,

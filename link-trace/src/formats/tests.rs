@@ -377,7 +377,7 @@ fn ecs_failure_has_error_and_no_facts_for_the_name_not_made() {
 fn an_explained_mismatch_keeps_its_rename_in_ecs_and_ocsf() {
     let mut e = full_event();
     e.inode_mismatch = Some(true);
-    e.inode_mismatch_explained_by = Some(crate::event::MismatchExplanation {
+    e.inode_mismatch_explained_by = Some(Box::new(crate::event::MismatchExplanation {
         seq: 12,
         pid: 7,
         tid: 8,
@@ -385,7 +385,7 @@ fn an_explained_mismatch_keeps_its_rename_in_ecs_and_ocsf() {
         boot_ns: 5,
         oldpath_resolved: Some(b"/tmp/lt/a.new".to_vec()),
         newpath_resolved: Some(b"/tmp/lt/a".to_vec()),
-    });
+    }));
     let want = json!({
         "seq": 12, "pid": 7, "tid": 8, "syscall": "rename", "boot_ns": 5,
         "oldpath_resolved": "/tmp/lt/a.new", "newpath_resolved": "/tmp/lt/a",

@@ -41,7 +41,7 @@ fn events_survive_the_round_trip_exactly() {
     with_new.inode_mismatch = Some(false);
     let mut explained = with_new.clone();
     explained.inode_mismatch = Some(true);
-    explained.inode_mismatch_explained_by = Some(crate::event::MismatchExplanation {
+    explained.inode_mismatch_explained_by = Some(Box::new(crate::event::MismatchExplanation {
         seq: 12,
         pid: 4,
         tid: 5,
@@ -49,7 +49,7 @@ fn events_survive_the_round_trip_exactly() {
         boot_ns: 99,
         oldpath_resolved: Some(b"/etc/\xfenew".to_vec()),
         newpath_resolved: Some(b"/etc/shadow".to_vec()),
-    });
+    }));
     for event in [hostile, rich, with_new, explained] {
         let json: Value = serde_json::to_value(Record::Event(Box::new(event.clone()))).unwrap();
         let back = event_from_json(&json).unwrap_or_else(|e| panic!("{e}: {json}"));

@@ -126,6 +126,7 @@ pub enum Field {
     /// `file` (the source) when false, `new_file` when true.
     File(bool, FileAttr),
     FileError,
+    NewFileError,
     InodeMismatch,
     /// `inode_mismatch_explained_by.seq`: the explaining rename's `seq`.
     ExplainedBySeq,
@@ -160,7 +161,7 @@ const FILE_ATTRS: [(&str, FileAttr); 11] = [
     ("nlink", FileAttr::Nlink),
 ];
 
-const SCALARS: [(&str, Field); 37] = [
+const SCALARS: [(&str, Field); 38] = [
     ("seq", Field::Seq),
     ("time", Field::Time),
     ("boot_ns", Field::BootNs),
@@ -195,6 +196,7 @@ const SCALARS: [(&str, Field); 37] = [
     ("mnt_ns", Field::MntNs),
     ("pid_ns", Field::PidNs),
     ("file_error", Field::FileError),
+    ("new_file_error", Field::NewFileError),
     ("inode_mismatch", Field::InodeMismatch),
     ("inode_mismatch_explained_by.seq", Field::ExplainedBySeq),
     ("inode_mismatch_explained_by.pid", Field::ExplainedByPid),
@@ -277,7 +279,7 @@ impl Field {
             Success | ArgsChanged | InodeMismatch => Kind::Bool,
             FlagNames => Kind::List,
             Time | Syscall | Errno | Result | TargetResolved | Comm | Exe | CgroupPath
-            | ContainerId | FileError => Kind::Str,
+            | ContainerId | FileError | NewFileError => Kind::Str,
             Path(_, PathAttr::Truncated) => Kind::Bool,
             Path(..) => Kind::Str,
             File(_, FileAttr::Ino | FileAttr::Mode | FileAttr::Uid | FileAttr::Gid) => Kind::Int,
@@ -318,7 +320,8 @@ impl Field {
             Seq, Time, BootNs, DurationNs, Syscall, OldDirfd, NewDirfd, Flags, FlagNames, Ret,
             Success, Errno, Result, TargetResolved, Pid, Tid, Uid, Gid, Comm, ArgsChanged,
             Ppid, Euid, Egid, Fsuid, Fsgid, Auid, SessionId, Exe, CgroupId, CgroupPath,
-            ContainerId, MntNs, PidNs, FileError, InodeMismatch, ExplainedBySeq, ExplainedByPid;
+            ContainerId, MntNs, PidNs, FileError, NewFileError, InodeMismatch, ExplainedBySeq,
+            ExplainedByPid;
             paths: Path, Truncated, Error, Resolved, Resolution, ResolutionError, AtExit,
             Canonical, Dir, Name;
             files: FactsFrom, Dev, Ino, Type, Mode, Permissions, Setuid, Setgid, Uid, Gid,
@@ -384,6 +387,7 @@ impl Field {
                 file.as_ref().map_or(Value::Null, |f| file_value(f, attr))
             }
             FileError => text_value(e.file_error.as_deref()),
+            NewFileError => text_value(e.new_file_error.as_deref()),
             InodeMismatch => e.inode_mismatch.map_or(Value::Null, Value::Bool),
             ExplainedBySeq => e
                 .inode_mismatch_explained_by

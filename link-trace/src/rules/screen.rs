@@ -482,7 +482,8 @@ pub(crate) mod tests {
         e.args_changed = rng.u8(0..10) == 0;
         e.inode_mismatch = [None, Some(false), Some(true)][rng.usize(0..3)];
         if e.inode_mismatch == Some(true) && rng.bool() {
-            e.inode_mismatch_explained_by = Some(crate::event::MismatchExplanation::of(&e));
+            e.inode_mismatch_explained_by =
+                Some(Box::new(crate::event::MismatchExplanation::of(&e)));
         }
         if rng.u8(0..5) == 0 {
             e.file = None;

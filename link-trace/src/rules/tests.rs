@@ -248,7 +248,7 @@ fn toctou_evidence() {
 fn an_explained_mismatch_raises_nothing_but_the_linked_inode_still_counts() {
     let explain = |mut ev: Ev| {
         ev.0.inode_mismatch = Some(true);
-        ev.0.inode_mismatch_explained_by = Some(crate::event::MismatchExplanation {
+        ev.0.inode_mismatch_explained_by = Some(Box::new(crate::event::MismatchExplanation {
             seq: 9,
             pid: ev.0.pid,
             tid: ev.0.tid,
@@ -256,7 +256,7 @@ fn an_explained_mismatch_raises_nothing_but_the_linked_inode_still_counts() {
             boot_ns: ev.0.boot_ns + 1,
             oldpath_resolved: Some(b"/home/alice/f.new".to_vec()),
             newpath_resolved: ev.0.oldpath.resolved.clone(),
-        });
+        }));
         ev
     };
     let backup = Ev::new(1, "/home/alice/f", "/home/alice/f.bak");

@@ -112,6 +112,90 @@ fn relative_path_after_chdir_resolves_against_cwd() {
     expect_fields(event, &[("inode_mismatch", false.into())]);
 }
 
+/// A new name the caller unlinks right after the link is not stat'ed (the
+/// stat could only fail or see a later file): `new_file_error` names the
+/// unlink's context record instead. A name it keeps is stat'ed as ever.
+/// The unlink is found when the daemon reads it from the ring together with
+/// the link; a drain may fall between the two (the test thread preempted
+/// under load), so there are several pairs, each of which must show one of
+/// the three honest outcomes, and at least one the skipped stat.
+#[test]
+fn a_new_name_the_caller_unlinked_is_not_stated_and_one_it_kept_is() {
+    if !privileged("a_new_name_the_caller_unlinked_is_not_stated_and_one_it_kept_is") {
+        return;
+    }
+    const PAIRS: usize = 16;
+    let dir = TestDir::new("/tmp", "ctx-unlinked");
+    let src = dir.file("src");
+    let gone: Vec<PathBuf> = (0..PAIRS).map(|i| dir.join(&format!("gone-{i}"))).collect();
+    let kept = dir.join("kept");
+    let tracer = Tracer::start(&["--pid", &my_pid(), "--context-events"]);
+    let pairs: Vec<(Result<(), i32>, Result<(), i32>)> = gone
+        .iter()
+        .map(|name| {
+            let linked = linkat(AT_FDCWD, &src, AT_FDCWD, name, 0);
+            // SAFETY: a valid NUL-terminated string for the duration of the call.
+            (linked, check(unsafe { libc::unlink(cstr(name).as_ptr()) }))
+        })
+        .collect();
+    let kept_linked = linkat(AT_FDCWD, &src, AT_FDCWD, &kept, 0);
+    let run = tracer.stop();
+    for (linked, unlinked) in pairs {
+        linked.expect("linkat");
+        unlinked.expect("unlink");
+    }
+    kept_linked.expect("linkat");
+    run.assert_clean_exit();
+    let tid = gettid();
+    let src_ino = std::fs::metadata(&src).expect("stat src").ino();
+    let mut skipped = 0;
+    for name in &gone {
+        let unlink: Vec<&Value> = run
+            .records
+            .iter()
+            .filter(|r| r["kind"] == "context" && r["tid"] == tid && r["oldpath"] == s(name))
+            .collect();
+        assert_eq!(
+            unlink.len(),
+            1,
+            "the unlink's context record: {:#?}",
+            run.records
+        );
+        assert_eq!(unlink[0]["syscall"], "unlink");
+        let event = mine(&run, s(name));
+        expect_file(event, "file", &src, "stat");
+        let why = format!("unlinked by the caller (unlink seq {})", unlink[0]["seq"]);
+        match (&event["new_file"], event["new_file_error"].as_str()) {
+            (Value::Null, Some(error)) if error == why => skipped += 1,
+            // The unlink came in a later batch: the stat failed.
+            (Value::Null, Some("ENOENT")) => {}
+            // The daemon got to the event before the unlink was made.
+            (file, None) if file["ino"] == src_ino => {}
+            _ => panic!("{name:?}: expected {why:?}, ENOENT or the source's facts: {event:#}"),
+        }
+        let mismatch = if event["new_file"].is_null() {
+            Value::Null
+        } else {
+            false.into()
+        };
+        assert_eq!(event["inode_mismatch"], mismatch, "{event:#}");
+    }
+    assert!(
+        skipped > 0,
+        "no stat skipped in {PAIRS} pairs: {:#?}",
+        run.records
+    );
+    let event = mine(&run, s(&kept));
+    expect_file(event, "new_file", &kept, "stat");
+    expect_fields(
+        event,
+        &[
+            ("new_file_error", Value::Null),
+            ("inode_mismatch", false.into()),
+        ],
+    );
+}
+
 #[test]
 fn dirfd_of_a_renamed_directory_resolves_to_its_new_name() {
     if !privileged("dirfd_of_a_renamed_directory_resolves_to_its_new_name") {

@@ -55,7 +55,7 @@ fn order(records: &[Record]) -> Vec<(&'static str, u64)> {
 
 fn explanation(record: &Record) -> Option<&MismatchExplanation> {
     match record {
-        Record::Event(e) => e.inode_mismatch_explained_by.as_ref(),
+        Record::Event(e) => e.inode_mismatch_explained_by.as_deref(),
         _ => panic!("not an event"),
     }
 }
