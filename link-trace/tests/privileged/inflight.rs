@@ -45,16 +45,19 @@ fn process_churn_loses_no_call() {
     if !privileged("process_churn_loses_no_call") {
         return;
     }
-    const COMM: &str = "lt-churn-proc";
+    // The children have tgids of their own, so the tracer filters on comm
+    // alone: one of this run's own, so that another suite on the machine
+    // (another checkout, container or CI job) never shares it.
+    let unique = unique_comm();
     let dir = TestDir::new("/tmp", "churn-procs");
     let src = cstr(&dir.file("src"));
-    let comm = CString::new(COMM).unwrap();
+    let comm = CString::new(unique.as_str()).unwrap();
     // Built before any fork: the child may not allocate.
     let paths: Vec<CString> = (0..PROCESSES)
         .map(|i| cstr(&dir.join(&format!("n{i}"))))
         .collect();
-    let tracer = Tracer::start(&["--comm", COMM, "--context-events"]);
-    let blocked = BlockedLink::start(COMM, &dir.join("src"), &dir.join("held"));
+    let tracer = Tracer::start(&["--comm", &unique, "--context-events"]);
+    let blocked = BlockedLink::start(&unique, &dir.join("src"), &dir.join("held"));
     for wave in paths.chunks(AT_ONCE) {
         let children: Vec<libc::pid_t> = wave
             .iter()
@@ -95,6 +98,20 @@ fn process_churn_loses_no_call() {
     let held_tid = blocked.finish();
     let run = tracer.stop();
     check_every_call_delivered(&run, &dir.path, PROCESSES, held_tid);
+}
+
+/// A comm (15 bytes, all the kernel keeps) no other run shares: "lt", this
+/// process's pid (unique among live processes) and the low bits of the
+/// boot clock (apart across pid namespaces, where pids repeat).
+fn unique_comm() -> String {
+    let boot_ns = crate::harness_boot_ns();
+    let comm = format!(
+        "lt{:06x}{:07x}",
+        std::process::id() & 0xff_ffff,
+        boot_ns & 0xfff_ffff
+    );
+    assert_eq!(comm.len(), 15);
+    comm
 }
 
 /// A call that began before the tracer attached has no entry to pair with:
