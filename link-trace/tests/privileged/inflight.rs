@@ -7,7 +7,7 @@
 
 use std::{collections::HashSet, ffi::CString, path::Path, thread::JoinHandle};
 
-use crate::harness::{Run, TestDir, Tracer, cstr, my_pid, privileged};
+use crate::harness::{Run, TestDir, Tracer, cstr, my_pid, privileged, unique_comm};
 
 /// Tasks started in all, and how many run at once.
 const THREADS: usize = 4000;
@@ -98,20 +98,6 @@ fn process_churn_loses_no_call() {
     let held_tid = blocked.finish();
     let run = tracer.stop();
     check_every_call_delivered(&run, &dir.path, PROCESSES, held_tid);
-}
-
-/// A comm (15 bytes, all the kernel keeps) no other run shares: "lt", this
-/// process's pid (unique among live processes) and the low bits of the
-/// boot clock (apart across pid namespaces, where pids repeat).
-fn unique_comm() -> String {
-    let boot_ns = crate::harness_boot_ns();
-    let comm = format!(
-        "lt{:06x}{:07x}",
-        std::process::id() & 0xff_ffff,
-        boot_ns & 0xfff_ffff
-    );
-    assert_eq!(comm.len(), 15);
-    comm
 }
 
 /// A call that began before the tracer attached has no entry to pair with:
