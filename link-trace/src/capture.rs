@@ -1,5 +1,10 @@
 //! Reads records from the ring buffer, decodes them and hands them on.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use aya::maps::{MapData, RingBuf};
 use link_trace_common::decode::{Decoded, decode};
 use tokio::sync::mpsc;
@@ -10,6 +15,23 @@ use crate::{
     pipeline::{MAX_BATCH, Records},
     stats,
 };
+
+/// How far capture has read the ring, for the enrich stage: the
+/// CLOCK_BOOTTIME at which the latest drain that emptied the ring began,
+/// published once its batches are queued. Every record the kernel
+/// submitted before that time is then in the queue or past it.
+#[derive(Clone, Default)]
+pub struct DrainMark(Arc<AtomicU64>);
+
+impl DrainMark {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn publish(&self, started_ns: u64) {
+        self.0.fetch_max(started_ns, Ordering::Release);
+    }
+}
 
 /// Decoding state: the sequence counters and the error count.
 pub struct Decoder {
@@ -23,6 +45,7 @@ pub struct Decoder {
     pub undelivered: u64,
     /// The same for context records.
     pub context_undelivered: u64,
+    pub drain_mark: DrainMark,
 }
 
 impl Decoder {
@@ -34,6 +57,7 @@ impl Decoder {
             decode_errors: 0,
             undelivered: 0,
             context_undelivered: 0,
+            drain_mark: DrainMark::default(),
         }
     }
 
@@ -91,8 +115,9 @@ impl Decoder {
 /// Moves every record now in the ring to the next stage, in batches of up
 /// to `MAX_BATCH` records (one wakeup of the next stage per batch). Waits
 /// while the queue is full: the kernel then counts what the ring cannot
-/// hold.
+/// hold. Publishes the drain's start in the `DrainMark` once all is queued.
 pub async fn drain(ring: &mut RingBuf<MapData>, decoder: &mut Decoder, tx: &mpsc::Sender<Records>) {
+    let started_ns = crate::clock::boot_now_ns();
     loop {
         let mut batch = Records::new();
         while batch.len() < MAX_BATCH {
@@ -108,6 +133,7 @@ pub async fn drain(ring: &mut RingBuf<MapData>, decoder: &mut Decoder, tx: &mpsc
             decoder.count_undelivered(&refused.0);
         }
         if ring_empty {
+            decoder.drain_mark.publish(started_ns);
             return;
         }
     }

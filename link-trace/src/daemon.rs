@@ -91,9 +91,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     let detector = detect::spawn(detect_rx, detected_tx, detector, reload_rx)
         .context("start the detection thread")?;
-    let enricher = enrich::spawn(enrich_rx, enriched_tx).context("start the enrichment thread")?;
-
     let mut decoder = Decoder::new(WallClock::sample());
+    let enricher = enrich::spawn(enrich_rx, enriched_tx, decoder.drain_mark.clone())
+        .context("start the enrichment thread")?;
     let mut losses = LossTracker::default();
     let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);
     let stats_period = Duration::from_secs(settings.stats_interval.max(1));

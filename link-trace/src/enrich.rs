@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 mod hold;
 
 use crate::{
+    capture::DrainMark,
     event::{FileInfo, LinkEvent, Record, Undelivered},
     names,
     pipeline::{Records, close_and_count},
@@ -424,10 +425,12 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
 /// (context records pass as they are: they are lean by design), hands each
 /// batch to detection. An event whose `inode_mismatch` may yet be explained
 /// by a rename further down the stream is held, with everything behind it,
-/// until its verdict is in (see `hold`). Returns what it could not hand on.
+/// until its verdict is in (see `hold`); `drained` tells how far capture
+/// has read the ring. Returns what it could not hand on.
 pub fn spawn(
     rx: mpsc::Receiver<Records>,
     tx: mpsc::Sender<Records>,
+    drained: DrainMark,
 ) -> std::io::Result<std::thread::JoinHandle<Undelivered>> {
     // A timer for the receive while an event is held: the only async use
     // on this thread, so a runtime of its own with the timer alone.
@@ -436,7 +439,7 @@ pub fn spawn(
         .build()?;
     std::thread::Builder::new()
         .name("link-trace-enrich".into())
-        .spawn(move || run(rx, tx, &timer, Enricher::new()))
+        .spawn(move || run(rx, tx, &timer, Enricher::new(), &drained))
 }
 
 /// What the stage's receive gave.
@@ -467,11 +470,33 @@ fn receive(
     received.map_or(Received::Closed, Received::Batch)
 }
 
+/// Ends the waits that are due (see `Hold::expire`). The mark is read
+/// before the queue is looked at: the batches of a drain are queued before
+/// its mark, so an empty queue means none the mark vouches for is still
+/// to come. A queued batch is taken first (at once: the deadline is past).
+fn expire(
+    hold: &mut hold::Hold,
+    rx: &mpsc::Receiver<Records>,
+    drained: &DrainMark,
+    now: Instant,
+) -> Records {
+    // Nothing due (the common case: nothing held at all).
+    if hold.deadline().is_none_or(|due| due > now) {
+        return Records::new();
+    }
+    let drained_ns = drained.get();
+    if !rx.is_empty() {
+        return Records::new();
+    }
+    hold.expire(now, drained_ns)
+}
+
 fn run(
     mut rx: mpsc::Receiver<Records>,
     tx: mpsc::Sender<Records>,
     timer: &tokio::runtime::Runtime,
     mut enricher: Enricher,
+    drained: &DrainMark,
 ) -> Undelivered {
     let mut hold = hold::Hold::default();
     let mut undelivered = Undelivered::default();
@@ -481,10 +506,10 @@ fn run(
                 enricher.enrich_batch(&mut records);
                 let now = Instant::now();
                 let mut ready = hold.push_batch(records, now);
-                ready.extend(hold.expire(now));
+                ready.extend(expire(&mut hold, &rx, drained, now));
                 (ready, false)
             }
-            Received::TimedOut => (hold.expire(Instant::now()), false),
+            Received::TimedOut => (expire(&mut hold, &rx, drained, Instant::now()), false),
             // Nothing more will come: every held event goes on unexplained.
             Received::Closed => (hold.flush(), true),
         };
@@ -596,15 +621,21 @@ mod tests {
         };
         let (in_tx, in_rx) = crate::pipeline::channel();
         let (out_tx, mut out_rx) = crate::pipeline::channel();
-        let stage = spawn(in_rx, out_tx).unwrap();
+        let drained = DrainMark::default();
+        let stage = spawn(in_rx, out_tx, drained.clone()).unwrap();
 
         let sent = Instant::now();
         in_tx.blocking_send(vec![link(1)]).unwrap();
+        // Past the deadline, but capture has not drained since the stat
+        // (a stopped daemon): the rename may still be in the ring.
+        std::thread::sleep(hold::DEADLINE * 2);
+        assert!(out_rx.try_recv().is_err(), "released before a drain");
+        drained.publish(crate::clock::boot_now_ns());
         let out = out_rx.blocking_recv().unwrap();
         let waited = sent.elapsed();
         assert_eq!(out.len(), 1);
         assert_eq!(event(&out[0]), (1, Some(true), None));
-        assert!(waited >= hold::DEADLINE, "released after {waited:?}");
+        assert!(waited >= hold::DEADLINE * 2, "released after {waited:?}");
 
         let mut rename = crate::event::sample_event(Some(b"f.new"), Some(b"f"), 0);
         rename.syscall = "rename";

@@ -16,8 +16,13 @@
 //!   is seen: a rename that could have explained it would have been
 //!   submitted before that one (the ring keeps submission order; the margin
 //!   covers a rename preempted between its effect and its record);
-//! * or `DEADLINE` passes: on a quiet stream the rename's record may wait
-//!   in the ring for the daemon's periodic drain (`DRAIN_INTERVAL_MS`);
+//! * or `DEADLINE` passes and capture has since emptied the ring in a drain
+//!   that began more than `MARGIN_NS` after the stat: on a quiet stream the
+//!   rename's record may wait in the ring for the daemon's periodic drain
+//!   (`DRAIN_INTERVAL_MS`), and while the daemon is stopped (SIGSTOP) or
+//!   detaching its programs at exit, no drain runs at all: the clock alone
+//!   let such a record come too late, and the rule fired on an explained
+//!   mismatch;
 //! * or more than `MAX_HELD` records pile up behind it (a flood), or the
 //!   input closes.
 //!
@@ -43,9 +48,12 @@ use crate::{
 /// How far past the stat a record's exit must be to close the wait.
 pub const MARGIN_NS: u64 = 5_000_000;
 
-/// The longest an event waits for its verdict: one periodic drain of the
-/// ring plus room for a busy machine.
+/// When a held event's wait may end without a verdict: one periodic drain
+/// of the ring plus room for a busy machine, if capture has drained since.
 pub const DEADLINE: Duration = Duration::from_millis(DRAIN_INTERVAL_MS + 15);
+
+/// How often a due event looks again whether capture has drained past it.
+pub const RECHECK: Duration = Duration::from_millis(5);
 
 /// Records held behind a waiting event before it goes on unexplained: two
 /// stage queues' worth (`pipeline::STAGE_QUEUE_BATCHES` of `MAX_BATCH`), so
@@ -180,13 +188,24 @@ impl Hold {
         self.held.drain(..until).collect()
     }
 
-    /// Ends the wait of every event whose deadline has passed; returns what
-    /// may go on now.
-    pub fn expire(&mut self, now: Instant) -> Records {
+    /// Ends the wait of every event whose deadline has passed, provided
+    /// capture emptied the ring in a drain begun more than `MARGIN_NS`
+    /// after its stat (`drained_ns`, see `capture::DrainMark`): until then
+    /// the rename may still be in the ring, and the event looks again after
+    /// `RECHECK`. Returns what may go on now.
+    pub fn expire(&mut self, now: Instant, drained_ns: u64) -> Records {
         if self.held.is_empty() {
             return Records::new();
         }
-        while self.waiting.front().is_some_and(|w| w.deadline <= now) {
+        while let Some(w) = self.waiting.front_mut()
+            && w.deadline <= now
+        {
+            // Stat times grow along the queue: if the front is not drained
+            // past, none behind it is.
+            if drained_ns <= w.stat_ns.saturating_add(MARGIN_NS) {
+                w.deadline = now + RECHECK;
+                break;
+            }
             self.waiting.pop_front();
         }
         self.release()

@@ -339,6 +339,20 @@ pub fn with_comm<T>(comm: &str, body: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A comm (15 bytes, all the kernel keeps) no other run shares: "lt", this
+/// process's pid (unique among live processes) and the low bits of the
+/// boot clock (apart across pid namespaces, where pids repeat).
+pub fn unique_comm() -> String {
+    let boot_ns = crate::harness_boot_ns();
+    let comm = format!(
+        "lt{:06x}{:07x}",
+        std::process::id() & 0xff_ffff,
+        boot_ns & 0xfff_ffff
+    );
+    assert_eq!(comm.len(), 15);
+    comm
+}
+
 pub fn thread_comm() -> String {
     std::fs::read_to_string("/proc/thread-self/comm")
         .expect("read comm")

@@ -7,7 +7,7 @@
 
 use std::{collections::HashSet, ffi::CString, path::Path, thread::JoinHandle};
 
-use crate::harness::{Run, TestDir, Tracer, cstr, my_pid, privileged};
+use crate::harness::{Run, TestDir, Tracer, cstr, my_pid, privileged, unique_comm};
 
 /// Tasks started in all, and how many run at once.
 const THREADS: usize = 4000;
@@ -45,16 +45,19 @@ fn process_churn_loses_no_call() {
     if !privileged("process_churn_loses_no_call") {
         return;
     }
-    const COMM: &str = "lt-churn-proc";
+    // The children have tgids of their own, so the tracer filters on comm
+    // alone: one of this run's own, so that another suite on the machine
+    // (another checkout, container or CI job) never shares it.
+    let unique = unique_comm();
     let dir = TestDir::new("/tmp", "churn-procs");
     let src = cstr(&dir.file("src"));
-    let comm = CString::new(COMM).unwrap();
+    let comm = CString::new(unique.as_str()).unwrap();
     // Built before any fork: the child may not allocate.
     let paths: Vec<CString> = (0..PROCESSES)
         .map(|i| cstr(&dir.join(&format!("n{i}"))))
         .collect();
-    let tracer = Tracer::start(&["--comm", COMM, "--context-events"]);
-    let blocked = BlockedLink::start(COMM, &dir.join("src"), &dir.join("held"));
+    let tracer = Tracer::start(&["--comm", &unique, "--context-events"]);
+    let blocked = BlockedLink::start(&unique, &dir.join("src"), &dir.join("held"));
     for wave in paths.chunks(AT_ONCE) {
         let children: Vec<libc::pid_t> = wave
             .iter()
