@@ -488,4 +488,5 @@ mod pod {
     unsafe impl aya::Pod for super::PathArg {}
     unsafe impl aya::Pod for super::LinkEventHeader {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::PendingCall {}
 }

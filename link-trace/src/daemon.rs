@@ -92,7 +92,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let detector = detect::spawn(detect_rx, detected_tx, detector, reload_rx)
         .context("start the detection thread")?;
     let mut decoder = Decoder::new(WallClock::sample());
-    let enricher = enrich::spawn(enrich_rx, enriched_tx, decoder.drain_mark.clone())
+    let renames = tracer
+        .inflight
+        .take()
+        .map(|slots| Box::new(slots) as Box<dyn enrich::RenameInFlight>);
+    let enricher = enrich::spawn(enrich_rx, enriched_tx, decoder.drain_mark.clone(), renames)
         .context("start the enrichment thread")?;
     let mut losses = LossTracker::default();
     let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);

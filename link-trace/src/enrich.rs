@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 
 mod hold;
 
+pub use hold::RenameInFlight;
+
 use crate::{
     capture::DrainMark,
     event::{FileInfo, LinkEvent, Record, Undelivered},
@@ -431,6 +433,7 @@ pub fn spawn(
     rx: mpsc::Receiver<Records>,
     tx: mpsc::Sender<Records>,
     drained: DrainMark,
+    renames: Option<Box<dyn RenameInFlight>>,
 ) -> std::io::Result<std::thread::JoinHandle<Undelivered>> {
     // A timer for the receive while an event is held: the only async use
     // on this thread, so a runtime of its own with the timer alone.
@@ -439,7 +442,7 @@ pub fn spawn(
         .build()?;
     std::thread::Builder::new()
         .name("link-trace-enrich".into())
-        .spawn(move || run(rx, tx, &timer, Enricher::new(), &drained))
+        .spawn(move || run(rx, tx, &timer, Enricher::new(), &drained, renames))
 }
 
 /// What the stage's receive gave.
@@ -497,8 +500,9 @@ fn run(
     timer: &tokio::runtime::Runtime,
     mut enricher: Enricher,
     drained: &DrainMark,
+    renames: Option<Box<dyn RenameInFlight>>,
 ) -> Undelivered {
-    let mut hold = hold::Hold::default();
+    let mut hold = hold::Hold::with_renames(renames);
     let mut undelivered = Undelivered::default();
     loop {
         let (ready, closed) = match receive(&mut rx, timer, hold.deadline()) {
@@ -622,7 +626,7 @@ mod tests {
         let (in_tx, in_rx) = crate::pipeline::channel();
         let (out_tx, mut out_rx) = crate::pipeline::channel();
         let drained = DrainMark::default();
-        let stage = spawn(in_rx, out_tx, drained.clone()).unwrap();
+        let stage = spawn(in_rx, out_tx, drained.clone(), None).unwrap();
 
         let sent = Instant::now();
         in_tx.blocking_send(vec![link(1)]).unwrap();

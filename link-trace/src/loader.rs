@@ -8,7 +8,8 @@ use aya::{
     programs::TracePoint,
 };
 use link_trace_common::{
-    FILTER_COMM, FILTER_TGID, FILTER_UID, KernelOffsets, SyscallId, TASK_COMM_LEN,
+    FILTER_COMM, FILTER_TGID, FILTER_UID, KernelOffsets, PendingCall, RECORD_CONTEXT, SyscallId,
+    TASK_COMM_LEN,
 };
 
 use crate::{config::Settings, rules::SyscallSet};
@@ -102,6 +103,28 @@ pub struct Tracer {
     pub ring: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub context: ContextProbes,
+    /// The calls in flight, for the enrich stage's mismatch verdicts.
+    pub inflight: Option<InflightSlots>,
+}
+
+/// The kernel's in-flight map (one slot per thread between a call's entry
+/// and exit), read to tell whether a thread is inside a rename.
+pub struct InflightSlots(aya::maps::HashMap<MapData, u64, PendingCall>);
+
+impl crate::enrich::RenameInFlight for InflightSlots {
+    fn renaming(&self, tgid: u32, tid: u32) -> bool {
+        let key = (u64::from(tgid) << 32) | u64::from(tid);
+        // A missing slot or a failed read: not renaming, as far as known.
+        self.0.get(&key, 0).is_ok_and(|call| {
+            call.header.record_type == RECORD_CONTEXT
+                && SyscallId::try_from(call.header.syscall).is_ok_and(|s| {
+                    matches!(
+                        s,
+                        SyscallId::Rename | SyscallId::Renameat | SyscallId::Renameat2
+                    )
+                })
+        })
+    }
 }
 
 impl Tracer {
@@ -276,6 +299,14 @@ pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
     fill_set::<[u8; TASK_COMM_LEN]>(&mut ebpf, "FILTER_COMMS", &cli.comms)?;
 
     let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
+    // Only a refinement of the mismatch verdicts: without it they keep
+    // their time margins.
+    let inflight = take_map(&mut ebpf, "INFLIGHT", aya::maps::HashMap::try_from)
+        .map(InflightSlots)
+        .inspect_err(|e| {
+            eprintln!("link-trace: warning: in-flight map not readable ({e}); a rename preempted past 5 ms may leave an inode mismatch unexplained")
+        })
+        .ok();
     let stats = take_map(&mut ebpf, "STATS", PerCpuArray::try_from)?;
 
     // Before the entries: every slot an entry makes is then freed at exit.
@@ -297,6 +328,7 @@ pub fn load(cli: &Settings) -> Result<Tracer, LoadError> {
         ring,
         stats,
         context: ContextProbes::default(),
+        inflight,
     })
 }
 

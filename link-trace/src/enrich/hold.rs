@@ -26,6 +26,13 @@
 //! * or more than `MAX_HELD` records pile up behind it (a flood), or the
 //!   input closes.
 //!
+//! The second and third end a wait early while the link's own thread is
+//! inside a rename (its in-flight slot in the kernel says so, see
+//! `RenameInFlight`): a rename preempted between its effect and its record
+//! can come after any margin (100 ms seen under load), so the event waits
+//! for it, up to `MAX_RENAME_WAIT`. A rename by another thread of the
+//! process is not seen this way; it still has the margins.
+//!
 //! Only the first gives a verdict of "explained"; the others leave the
 //! mismatch unexplained, so the rule still fires. A rename by any other
 //! process never explains one: that is the swap the rule exists for.
@@ -60,12 +67,25 @@ pub const RECHECK: Duration = Duration::from_millis(5);
 /// a flood cannot grow memory much past what the pipeline already budgets.
 pub const MAX_HELD: usize = 1024;
 
+/// How long a waiting event may wait, in all, for its thread's rename in
+/// flight: it holds every record behind it.
+pub const MAX_RENAME_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether a thread is inside a rename right now: entered, not yet exited.
+pub trait RenameInFlight: Send {
+    fn renaming(&self, tgid: u32, tid: u32) -> bool;
+}
+
 /// A held event that waits for its verdict.
 struct Waiting {
     /// Its position in the stream of held records (see `Hold::front_pos`).
     pos: u64,
     stat_ns: u64,
     deadline: Instant,
+    /// Until when its thread's rename in flight may keep it waiting.
+    rename_wait_until: Instant,
+    /// When the in-flight slot may be read again (a read copies ~8 KiB).
+    next_rename_look: Instant,
 }
 
 /// The records held back, in stream order, and the events among them that
@@ -76,6 +96,36 @@ pub struct Hold {
     /// Stream position of `held[0]`: records ever pushed minus those held.
     front_pos: u64,
     waiting: VecDeque<Waiting>,
+    renames: Option<Box<dyn RenameInFlight>>,
+}
+
+/// Whether `w`'s link came from a thread that is inside a rename now (and
+/// may still wait for it). Reads the slot at most once per `RECHECK`: a
+/// thread seen renaming counts as renaming until then.
+fn thread_renaming(
+    renames: Option<&dyn RenameInFlight>,
+    held: &VecDeque<Record>,
+    front_pos: u64,
+    w: &mut Waiting,
+    now: Instant,
+) -> bool {
+    let Some(renames) = renames else {
+        return false;
+    };
+    if now >= w.rename_wait_until {
+        return false;
+    }
+    if now < w.next_rename_look {
+        return true;
+    }
+    let Some(Record::Event(link)) = held.get((w.pos - front_pos) as usize) else {
+        return false;
+    };
+    let renaming = renames.renaming(link.pid, link.tid);
+    if renaming {
+        w.next_rename_look = now + RECHECK;
+    }
+    renaming
 }
 
 /// The event that waits for a verdict, if `record` is one.
@@ -107,6 +157,14 @@ fn explains(link: &LinkEvent, stat_ns: u64, rename: &LinkEvent) -> bool {
 }
 
 impl Hold {
+    /// A hold that also waits for the link's thread's rename in flight.
+    pub fn with_renames(renames: Option<Box<dyn RenameInFlight>>) -> Self {
+        Self {
+            renames,
+            ..Self::default()
+        }
+    }
+
     /// When the oldest waiting event goes on unexplained; None when nothing
     /// waits.
     pub fn deadline(&self) -> Option<Instant> {
@@ -139,11 +197,12 @@ impl Hold {
         }
         if let Some(exit_ns) = kernel_exit_ns(&record) {
             // Stat times grow along the stream: the decided ones are the oldest.
-            while self
-                .waiting
-                .front()
-                .is_some_and(|w| exit_ns > w.stat_ns.saturating_add(MARGIN_NS))
+            while let Some(w) = self.waiting.front_mut()
+                && exit_ns > w.stat_ns.saturating_add(MARGIN_NS)
             {
+                if thread_renaming(self.renames.as_deref(), &self.held, self.front_pos, w, now) {
+                    break;
+                }
                 self.waiting.pop_front();
             }
         }
@@ -152,6 +211,8 @@ impl Hold {
                 pos: self.front_pos + self.held.len() as u64,
                 stat_ns,
                 deadline: now + DEADLINE,
+                rename_wait_until: now + MAX_RENAME_WAIT,
+                next_rename_look: now,
             });
         }
         self.held.push_back(record);
@@ -202,7 +263,9 @@ impl Hold {
         {
             // Stat times grow along the queue: if the front is not drained
             // past, none behind it is.
-            if drained_ns <= w.stat_ns.saturating_add(MARGIN_NS) {
+            if drained_ns <= w.stat_ns.saturating_add(MARGIN_NS)
+                || thread_renaming(self.renames.as_deref(), &self.held, self.front_pos, w, now)
+            {
                 w.deadline = now + RECHECK;
                 break;
             }

@@ -186,6 +186,109 @@ fn live_threads_keep_their_slots_through_churn() {
 
 /// One short-lived thread named `comm` that links `old` to `new` and
 /// unlinks `new`; waits for it.
+/// The daemon keeps a mismatched link waiting while the link's thread is
+/// inside a rename (enrich::hold): the in-flight map, read from userspace,
+/// must say so for a rename held in the kernel, and not for a held linkat
+/// or once the rename is done. The calls are made by another process (this
+/// test binary again, `held_call_in_another_process`): programs loaded in
+/// this process ignore its own calls.
+#[test]
+fn the_in_flight_map_shows_a_thread_inside_a_rename() {
+    use clap::Parser;
+    use link_trace::enrich::RenameInFlight;
+    use std::io::{BufRead, Write};
+    if !privileged("the_in_flight_map_shows_a_thread_inside_a_rename") {
+        return;
+    }
+    let dir = TestDir::new("/tmp", "inflight-rename");
+    dir.file("to-rename");
+    dir.file("to-link");
+    let cli = link_trace::cli::Cli::try_parse_from(["link-trace"]).expect("arguments");
+    let settings = link_trace::config::Settings::merge(None, Default::default(), &cli);
+    // The loader forwards kernel log messages on a tokio task.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let mut tracer = link_trace::loader::load(&settings).expect("load the programs");
+    tracer
+        .context
+        .attach(
+            tracer.programs.as_mut(),
+            link_trace::rules::SyscallSet::CONTEXT,
+        )
+        .expect("attach unlink and rename");
+    let slots = tracer.inflight.take().expect("the in-flight map");
+
+    for (call, renaming_while_held) in [("rename", true), ("linkat", false)] {
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "inflight::held_call_in_another_process"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(HELD_CALL_DIR, &dir.path)
+            .env(HELD_CALL, call)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the held call's process");
+        let pid = child.id();
+        // libtest starts the line ("test ... ") before the helper prints.
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = |want: &str| {
+            lines
+                .by_ref()
+                .map_while(Result::ok)
+                .find_map(|l| l.split_once(want).map(|(_, rest)| rest.to_owned()))
+                .unwrap_or_else(|| panic!("the {call} process never printed {want:?}"))
+        };
+        let tid: u32 = next("held tid ").parse().expect("a tid");
+        assert_eq!(
+            slots.renaming(pid, tid),
+            renaming_while_held,
+            "a {call} held in the kernel (pid {pid}, tid {tid})"
+        );
+        assert!(!slots.renaming(pid + 1, tid), "another process's key");
+        writeln!(child.stdin.as_mut().expect("stdin")).expect("release the call");
+        next("finished");
+        assert!(!slots.renaming(pid, tid), "the {call} is done");
+        assert!(child.wait().expect("wait").success(), "the {call} process");
+    }
+}
+
+const HELD_CALL_DIR: &str = "LINK_TRACE_TEST_HELD_CALL_DIR";
+const HELD_CALL: &str = "LINK_TRACE_TEST_HELD_CALL";
+
+/// Not a test of its own: the process the test above starts. It holds one
+/// call (rename or linkat, HELD_CALL) in the kernel, prints its thread id,
+/// and lets the call finish when a line comes on stdin.
+#[test]
+#[ignore = "a helper process of the_in_flight_map_shows_a_thread_inside_a_rename"]
+fn held_call_in_another_process() {
+    let (Some(dir), Ok(call)) = (std::env::var_os(HELD_CALL_DIR), std::env::var(HELD_CALL)) else {
+        panic!("run by the_in_flight_map_shows_a_thread_inside_a_rename only");
+    };
+    let dir = Path::new(&dir);
+    let blocked = match call.as_str() {
+        "rename" => BlockedLink::start_call(
+            "lt-held-mv",
+            &dir.join("to-rename"),
+            &dir.join("renamed"),
+            HeldCall::Rename,
+        ),
+        _ => BlockedLink::start_call(
+            "lt-held-ln",
+            &dir.join("to-link"),
+            &dir.join("linked"),
+            HeldCall::Linkat,
+        ),
+    };
+    println!("held tid {}", blocked.tid());
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("stdin");
+    blocked.finish();
+    println!("finished");
+}
+
 fn churn_thread(comm: &str, i: usize, old: CString, new: CString) {
     std::thread::Builder::new()
         .name(comm.into())
@@ -275,6 +378,15 @@ struct BlockedLink {
     page: *mut libc::c_void,
     path: CString,
     thread: JoinHandle<(u32, Result<(), String>)>,
+    /// The held thread's id, set before its call.
+    tid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// The call a BlockedLink holds, its new path read from the held page.
+#[derive(Clone, Copy)]
+enum HeldCall {
+    Linkat,
+    Rename,
 }
 
 // The ioctls of linux/userfaultfd.h (type 0xAA), in the asm-generic
@@ -294,6 +406,11 @@ impl BlockedLink {
     /// kernel, and returns once the kernel waits on the page (the call's
     /// entry has run).
     fn start(comm: &str, src: &Path, new: &Path) -> BlockedLink {
+        Self::start_call(comm, src, new, HeldCall::Linkat)
+    }
+
+    /// As `start`, for `call`.
+    fn start_call(comm: &str, src: &Path, new: &Path, call: HeldCall) -> BlockedLink {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let page_size = 4096usize;
         // SAFETY: plain syscalls; every result is checked.
@@ -333,25 +450,28 @@ impl BlockedLink {
         };
         let (old, path) = (cstr(src), cstr(new));
         let page_addr = page as usize;
+        let held_tid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let tid_slot = held_tid.clone();
         let thread = std::thread::Builder::new()
             .name(comm.into())
             .spawn(move || {
                 let tid = crate::harness::gettid();
+                tid_slot.store(tid, std::sync::atomic::Ordering::SeqCst);
+                let new = page_addr as *const libc::c_char;
                 // SAFETY: the new path is read from the registered page,
                 // which holds a NUL-terminated path once supplied.
                 let ret = unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        old.as_ptr(),
-                        libc::AT_FDCWD,
-                        page_addr as *const libc::c_char,
-                        0,
-                    )
+                    match call {
+                        HeldCall::Linkat => {
+                            libc::linkat(libc::AT_FDCWD, old.as_ptr(), libc::AT_FDCWD, new, 0)
+                        }
+                        HeldCall::Rename => libc::rename(old.as_ptr(), new),
+                    }
                 };
                 let result = if ret == 0 {
                     Ok(())
                 } else {
-                    Err(format!("held linkat: {}", std::io::Error::last_os_error()))
+                    Err(format!("held call: {}", std::io::Error::last_os_error()))
                 };
                 (tid, result)
             })
@@ -380,7 +500,13 @@ impl BlockedLink {
             page,
             path,
             thread,
+            tid: held_tid,
         }
+    }
+
+    /// The held thread's id (set before it made the call).
+    fn tid(&self) -> u32 {
+        self.tid.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Supplies the page (the path), lets the call finish and returns the

@@ -291,3 +291,86 @@ fn events_without_a_mismatch_pass_untouched_when_nothing_is_held() {
     assert_eq!(order(&out), [("event", 1), ("context", 1)]);
     assert!(hold.deadline().is_none());
 }
+
+/// A stand-in for the kernel's in-flight map: whether the thread asked
+/// about is inside a rename, and which threads were asked about.
+#[derive(Clone, Default)]
+struct FakeRenames {
+    renaming: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<(u32, u32)>>>,
+}
+
+impl RenameInFlight for FakeRenames {
+    fn renaming(&self, tgid: u32, tid: u32) -> bool {
+        self.asked.lock().unwrap().push((tgid, tid));
+        self.renaming.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A rename preempted between its effect and its record: records of other
+/// threads past the margin arrive first. Found by the privileged
+/// backup-link test under load (a rename 102 ms long).
+#[test]
+fn the_links_thread_inside_a_rename_keeps_the_wait_open_past_the_margin() {
+    let renames = FakeRenames::default();
+    renames
+        .renaming
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut hold = Hold::with_renames(Some(Box::new(renames.clone())));
+    let now = Instant::now();
+    let past_margin = STAT + MARGIN_NS + 1;
+    let out = hold.push_batch(
+        vec![mismatched_link(1, b"/d/f"), plain_link(2, past_margin)],
+        now,
+    );
+    assert!(out.is_empty(), "released while its thread renames");
+    assert_eq!(
+        *renames.asked.lock().unwrap(),
+        [(7, 8)],
+        "the link's own thread"
+    );
+    // Past its deadline and drained past the stat: still inside the rename.
+    assert!(hold.expire(now + DEADLINE, DRAINED_PAST).is_empty());
+    // The rename's record comes at last: explained.
+    let out = hold.push_batch(vec![rename(3, PID, b"/d/f", STAT - 1)], now + DEADLINE);
+    assert_eq!(order(&out), [("event", 1), ("event", 2), ("context", 3)]);
+    assert_eq!(explanation(&out[0]).map(|w| w.seq), Some(3));
+
+    // The same stream with the thread out of any rename: the record past
+    // the margin ends the wait, unexplained.
+    renames
+        .renaming
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = hold.push_batch(
+        vec![mismatched_link(4, b"/d/f"), plain_link(5, past_margin)],
+        now,
+    );
+    assert_eq!(order(&out), [("event", 4), ("event", 5)]);
+    assert!(explanation(&out[0]).is_none());
+}
+
+/// A rename that never ends (a thread stuck in it, or one an attacker
+/// holds) delays the stream behind the event by MAX_RENAME_WAIT at most.
+#[test]
+fn a_rename_in_flight_holds_an_event_for_max_rename_wait_at_most() {
+    let renames = FakeRenames::default();
+    renames
+        .renaming
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut hold = Hold::with_renames(Some(Box::new(renames.clone())));
+    let now = Instant::now();
+    assert!(
+        hold.push_batch(vec![mismatched_link(1, b"/d/f")], now)
+            .is_empty()
+    );
+    let almost = now + MAX_RENAME_WAIT - Duration::from_millis(1);
+    assert!(hold.expire(almost, DRAINED_PAST).is_empty());
+    // Its next look, past the limit, lets it go.
+    assert_eq!(hold.deadline(), Some(almost + RECHECK));
+    let out = hold.expire(almost + RECHECK, DRAINED_PAST);
+    assert_eq!(order(&out), [("event", 1)]);
+    assert!(explanation(&out[0]).is_none());
+    // The slot is read at most once per RECHECK, not once per look.
+    let asked = renames.asked.lock().unwrap().len();
+    assert!(asked <= 2, "read {asked} times");
+}
