@@ -307,16 +307,22 @@ impl RenameInFlight for FakeRenames {
     }
 }
 
+/// A hold whose stand-in map says the link's thread is inside a rename.
+fn hold_with_a_rename_in_flight() -> (FakeRenames, Hold) {
+    let renames = FakeRenames::default();
+    renames
+        .renaming
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let hold = Hold::with_renames(Some(Box::new(renames.clone())));
+    (renames, hold)
+}
+
 /// A rename preempted between its effect and its record: records of other
 /// threads past the margin arrive first. Found by the privileged
 /// backup-link test under load (a rename 102 ms long).
 #[test]
 fn the_links_thread_inside_a_rename_keeps_the_wait_open_past_the_margin() {
-    let renames = FakeRenames::default();
-    renames
-        .renaming
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut hold = Hold::with_renames(Some(Box::new(renames.clone())));
+    let (renames, mut hold) = hold_with_a_rename_in_flight();
     let now = Instant::now();
     let past_margin = STAT + MARGIN_NS + 1;
     let out = hold.push_batch(
@@ -353,11 +359,7 @@ fn the_links_thread_inside_a_rename_keeps_the_wait_open_past_the_margin() {
 /// holds) delays the stream behind the event by MAX_RENAME_WAIT at most.
 #[test]
 fn a_rename_in_flight_holds_an_event_for_max_rename_wait_at_most() {
-    let renames = FakeRenames::default();
-    renames
-        .renaming
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut hold = Hold::with_renames(Some(Box::new(renames.clone())));
+    let (renames, mut hold) = hold_with_a_rename_in_flight();
     let now = Instant::now();
     assert!(
         hold.push_batch(vec![mismatched_link(1, b"/d/f")], now)
