@@ -217,13 +217,7 @@ impl Enricher {
                     Err(errno) => event.file_error = Some(names::errno_name(errno)),
                 },
                 None => {
-                    event.file_error = Some(
-                        format!(
-                            "oldpath not resolved ({})",
-                            event.oldpath.resolution_error.unwrap_or("none")
-                        )
-                        .into(),
-                    )
+                    event.file_error = Some(not_resolved("oldpath", event.oldpath.resolution_error))
                 }
             }
         }
@@ -237,13 +231,8 @@ impl Enricher {
                     Err(errno) => event.new_file_error = Some(names::errno_name(errno)),
                 },
                 (None, None) => {
-                    event.new_file_error = Some(
-                        format!(
-                            "newpath not resolved ({})",
-                            event.newpath.resolution_error.unwrap_or("none")
-                        )
-                        .into(),
-                    )
+                    event.new_file_error =
+                        Some(not_resolved("newpath", event.newpath.resolution_error))
                 }
             }
         }
@@ -272,6 +261,15 @@ impl Default for Enricher {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Why a path argument's file was not stat'ed: it has no resolved path.
+fn not_resolved(argument: &str, resolution_error: Option<&str>) -> Cow<'static, str> {
+    format!(
+        "{argument} not resolved ({})",
+        resolution_error.unwrap_or("none")
+    )
+    .into()
 }
 
 /// A successful unlink or unlinkat from a context record.

@@ -220,7 +220,7 @@ pub struct LinkEvent {
     pub new_file: Option<FileInfo>,
     /// Why `new_file` is null after a successful call: the stat's error, or
     /// that the caller had unlinked the new name before the daemon got to
-    /// it (see `enrich::Removals`), so no stat could have seen this link.
+    /// it (see `enrich::unlinked_new_names`), so no stat could have seen this link.
     pub new_file_error: Option<Cow<'static, str>>,
     /// The new name's inode is not the observed source's; null when
     /// either is unknown.
